@@ -1,0 +1,235 @@
+"""The `indistill` command line: parse options, call one function, print. No training logic here.
+
+torch is imported only inside commands, so `--help` answers fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
+
+import typer
+
+app = typer.Typer(
+    name="indistill", no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
+    help="InDistill: information flow-preserving knowledge distillation.\n\n"
+         "Typical chain: `train` a teacher, `prune` it to the student's widths, `warmup` the student "
+         "layer by layer, `distill`, then `evaluate` / `retrieve`. Checkpoints are safetensors; `-` "
+         "streams one through stdin/stdout.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# ---------------------------------------------------------------------------- shared options
+Data = Annotated[str, typer.Option("--data", "-d", help="fashion-mnist-mini, fashion-mnist, mnist, cifar10, "
+                                   "cifar100, imagefolder:PATH, synthetic:CxHxW:K:N")]
+DataRoot = Annotated[Optional[str], typer.Option(help="Folder with local datasets (default $INDISTILL_DATA "
+                                                 "or ~/.cache/indistill/data).")]
+ValFraction = Annotated[float, typer.Option(help="Share of train held out for checkpoint selection.")]
+ImageSize = Annotated[Optional[int], typer.Option(help="Image size for imagefolder data.")]
+Epochs = Annotated[int, typer.Option("--epochs", "-e", help="Training epochs.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Training batch size.")]
+EvalBatch = Annotated[int, typer.Option(help="Evaluation batch size.")]
+Seed = Annotated[int, typer.Option(help="Random seed (same seed = bitwise-identical result on CPU).")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Precision = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")]
+ChannelsLast = Annotated[str, typer.Option(help="auto (on for CUDA), on, off.")]
+Augment = Annotated[bool, typer.Option("--augment/--no-augment", help="Random crop + flip while training.")]
+Deterministic = Annotated[bool, typer.Option(help="Deterministic kernels (slower on GPU).")]
+Optimizer = Annotated[str, typer.Option(help="sgd, adam or adamw.")]
+Momentum = Annotated[float, typer.Option(help="SGD momentum.")]
+WeightDecay = Annotated[float, typer.Option("--weight-decay", "--wd", help="Weight decay.")]
+Nesterov = Annotated[bool, typer.Option(help="Nesterov momentum (SGD).")]
+Schedule = Annotated[str, typer.Option(help="none, cosine or multistep.")]
+Milestones = Annotated[str, typer.Option(help="multistep epochs, comma separated, e.g. 150,180,210.")]
+Gamma = Annotated[float, typer.Option(help="multistep lr factor.")]
+WarmupEpochs = Annotated[int, typer.Option(help="Linear lr warmup epochs.")]
+Out = Annotated[str, typer.Option("--output", "-o", help="Output checkpoint (.safetensors) or - for stdout.")]
+Force = Annotated[bool, typer.Option(help="Overwrite an existing output.")]
+Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output on stderr.")]
+
+
+def _milestones(text: str) -> list[int]:
+    from indistill_cli.errors import BadInput
+
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BadInput(f"--milestones must be comma-separated epochs, got '{text}'") from None
+
+
+def _run(fn: Callable[[], Any], as_json: bool, quiet: bool = False) -> None:
+    """Call a command body; errors become one line + exit code, results JSON on stdout."""
+    from indistill_cli import progress
+    from indistill_cli.errors import IndistillError
+
+    progress.set_quiet(quiet)
+    try:
+        result = fn()
+    except IndistillError as e:
+        progress.console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        progress.console.print("[red]interrupted[/red]")
+        raise typer.Exit(130) from None
+    if as_json and result is not None:
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+        sys.stdout.flush()
+
+
+def _run_opts(**kw: Any) -> Any:
+    from indistill_cli.session import RunOptions
+
+    return RunOptions(**kw)
+
+
+def _optim(**kw: Any) -> Any:
+    from indistill_cli.engine import OptimConfig
+
+    kw["milestones"] = _milestones(kw.get("milestones", ""))
+    return OptimConfig(**kw)
+
+
+# ---------------------------------------------------------------------------- commands
+@app.command()
+def train(
+    model: Annotated[str, typer.Argument(help="Architecture name (resnet56, cnn3-w0.5, timm:resnet18, tv:...) "
+                                              "or a checkpoint to keep training.")],
+    output: Out,
+    data: Data = "fashion-mnist-mini",
+    epochs: Epochs = 30,
+    batch_size: BatchSize = 128,
+    optimizer: Optimizer = "sgd",
+    lr: Annotated[float, typer.Option(help="Base learning rate.")] = 0.05,
+    momentum: Momentum = 0.9,
+    weight_decay: WeightDecay = 5e-4,
+    nesterov: Nesterov = False,
+    schedule: Schedule = "cosine",
+    milestones: Milestones = "",
+    gamma: Gamma = 0.1,
+    warmup_epochs: WarmupEpochs = 0,
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    channels_last: ChannelsLast = "auto",
+    augment: Augment = True,
+    deterministic: Deterministic = False,
+    val_fraction: ValFraction = 0.1,
+    data_root: DataRoot = None,
+    image_size: ImageSize = None,
+    eval_batch_size: EvalBatch = 256,
+    pretrained: Annotated[bool, typer.Option(help="Start timm/tv models from hub weights (needs network).")] = False,
+    last: Annotated[bool, typer.Option("--last/--no-last", help="Also write OUT.last.safetensors.")] = True,
+    force: Force = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train a model with cross-entropy (a teacher, or a baseline student).
+
+    Keeps the best epoch on the validation split in OUT and the last epoch in OUT.last.safetensors.
+
+    Examples:
+
+        indistill train cnn3 --data fashion-mnist-mini --epochs 2 -o cnn3.safetensors
+
+        indistill train resnet56 --data cifar10 --epochs 240 --lr 0.05 --schedule multistep --milestones 150,180,210 -o resnet56.safetensors
+    """
+    def body() -> Any:
+        from indistill_cli.train import run_train
+
+        opts = _run_opts(data=data, data_root=data_root, val_fraction=val_fraction, image_size=image_size,
+                         batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, device=device,
+                         precision=precision, channels_last=channels_last, augment=augment,
+                         deterministic=deterministic)
+        optim = _optim(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                       schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs)
+        return run_train(model, output, epochs, optim, opts, pretrained=pretrained, force=force, save_last=last)
+
+    _run(body, json_out, quiet)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Checkpoint to evaluate (or - for stdin).")],
+    data: Data = "fashion-mnist-mini",
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    batch_size: EvalBatch = 256,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    val_fraction: ValFraction = 0.1,
+    data_root: DataRoot = None,
+    image_size: ImageSize = None,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Top-1 / top-5 accuracy, loss and per-class accuracy of a checkpoint on a split.
+
+    Example:
+
+        indistill evaluate cnn3.safetensors --data fashion-mnist-mini --json
+    """
+    def body() -> Any:
+        from indistill_cli.evaluate import run_evaluate
+
+        opts = _run_opts(data=data, data_root=data_root, val_fraction=val_fraction, image_size=image_size,
+                         eval_batch_size=batch_size, device=device, precision=precision)
+        return run_evaluate(model, split, opts)
+
+    _run(body, json_out, quiet)
+
+
+@app.command()
+def inspect(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, or - for stdin.")],
+    json_out: Json = False,
+) -> None:
+    """Show a checkpoint's model spec, taps, parameters, pruning record and history.
+
+    Example:
+
+        indistill inspect cnn3.safetensors --json | jq .history
+    """
+    def body() -> Any:
+        from indistill_cli.inspection import inspect_checkpoint
+
+        return inspect_checkpoint(checkpoint)
+
+    _run(body, json_out, quiet=json_out)
+
+
+@app.command()
+def models(json_out: Json = False) -> None:
+    """List the native architectures with parameters, taps and embedding size.
+
+    Example:
+
+        indistill models
+    """
+    def body() -> Any:
+        from indistill_cli.inspection import list_models_table
+
+        return list_models_table()
+
+    _run(body, json_out, quiet=json_out)
+
+
+@app.command()
+def datasets(json_out: Json = False) -> None:
+    """List the built-in datasets and which are available locally (nothing is downloaded).
+
+    Example:
+
+        indistill datasets
+    """
+    def body() -> Any:
+        from indistill_cli.inspection import list_datasets
+
+        return list_datasets()
+
+    _run(body, json_out, quiet=json_out)
+
+
+def main() -> None:
+    app()

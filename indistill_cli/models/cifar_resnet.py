@@ -1,0 +1,74 @@
+"""CIFAR ResNets (He et al. 2016, sec. 4.2) as RepDistiller/mdistiller define them.
+
+resnetN: three stages of BasicBlocks at widths 16/32/64, N = 6n+2; resnet8x4 / resnet32x4 use
+widths 32/64/128/256 with a 32-wide stem. Taps are the stage outputs (after the block's ReLU), the
+embedding is the pooled vector fed to the classifier.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+from torch import Tensor
+
+from indistill_cli.models.registry import register, scaled
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, widths: list[int], in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError("CIFAR ResNet depth must be 6n+2")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        cin = widths[0]
+        for i, w in enumerate(widths[1:]):
+            blocks = [BasicBlock(cin if j == 0 else w, w, (1 if i == 0 else 2) if j == 0 else 1) for j in range(n)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            cin = w
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(cin, num_classes)
+        self.tap_names = [f"layer{i + 1}" for i in range(len(widths) - 1)]
+        self.embedding_name = "pool"
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        for name in self.tap_names:
+            x = getattr(self, name)(x)
+        return self.fc(self.pool(x))
+
+
+def _make(depth: int, base: list[int]):
+    def build(width: float, in_channels: int, num_classes: int) -> nn.Module:
+        return CifarResNet(depth, scaled(base, width), in_channels, num_classes)
+
+    return build
+
+
+for _d in (8, 14, 20, 32, 44, 56, 110):
+    register(f"resnet{_d}", "cifar-resnet", f"CIFAR ResNet-{_d}, widths 16/32/64")(_make(_d, [16, 16, 32, 64]))
+register("resnet8x4", "cifar-resnet", "CIFAR ResNet-8, 4x wide (32/64/128/256)")(_make(8, [32, 64, 128, 256]))
+register("resnet32x4", "cifar-resnet", "CIFAR ResNet-32, 4x wide (32/64/128/256)")(_make(32, [32, 64, 128, 256]))

@@ -1,0 +1,79 @@
+"""`indistill train`: cross-entropy training of any registered model (teachers, baselines)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from indistill_cli import progress
+from indistill_cli.common import check_output, history_entry, resolve_model, write_model
+from indistill_cli.engine import Engine, OptimConfig
+from indistill_cli.evaluation import classify
+from indistill_cli.session import RunOptions, open_session
+
+
+def last_path(out: str) -> str | None:
+    """Where the last-epoch checkpoint goes beside the best one (none when streaming to stdout)."""
+    if out == "-":
+        return None
+    p = Path(out)
+    return str(p.with_name(p.name.removesuffix(".safetensors") + ".last.safetensors"))
+
+
+def run_train(model_arg: str, out: str, epochs: int, optim: OptimConfig, opts: RunOptions,
+              pretrained: bool = False, force: bool = False, save_last: bool = True) -> dict[str, Any]:
+    check_output(out, force)
+    t0 = time.perf_counter()
+    s = open_session(opts)
+    m = resolve_model(model_arg, s.ds.info, "model", pretrained=pretrained)
+    model = m.model.to(s.rt.device)
+    if s.rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = model
+    if s.rt.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[s.rt.device] if s.rt.device.type == "cuda" else None)
+    progress.info(f"train {m.name} on {s.ds.info.name} ({len(s.ds.train)} train / "
+                  f"{len(s.ds.val) if s.ds.val is not None else 0} val) on {s.rt.describe()}")
+    loader = s.train_loader(m.spec)
+    val_loader = s.eval_loader("val", m.spec) if s.val_split else None
+
+    def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
+        logits = net(batch.x)
+        loss = F.cross_entropy(logits, batch.y)
+        return {"loss": loss, "_correct": (logits.argmax(1) == batch.y).sum()}
+
+    def validate(epoch: int) -> dict[str, float]:
+        if val_loader is None:
+            return {}
+        r = classify(model, val_loader, s.rt, s.ds.info.num_classes)
+        return {"val_loss": r["loss"], "val_top1": r["top1"]}
+
+    engine = Engine(s.rt, optim, epochs, select="val_top1" if val_loader else None, label=f"train {m.name}")
+    res = engine.fit(model, model, step, loader, validate)
+    wall = time.perf_counter() - t0
+    options = {"arch": m.name, "epochs": epochs, **optim.as_dict(), **opts.as_dict(), "pretrained": pretrained}
+    summary = {"stage": "train", "model": m.name, "output": out, "best_epoch": res.best_epoch,
+               "val_top1": res.history[res.best_epoch - 1].get("val_top1") if res.history else None,
+               "final_train_loss": res.final_metrics.get("train_loss"),
+               "images_per_sec": round(res.images_per_sec, 1), "peak_memory_mb": round(res.peak_memory_mb, 1),
+               "wall_s": round(wall, 2), "epochs": res.history}
+    if s.rt.is_main:
+        metrics = {k: summary[k] for k in ("best_epoch", "val_top1", "images_per_sec", "peak_memory_mb")}
+        spec = dict(m.spec)
+        hist = m.history + [history_entry("train", options, [m.parent()], metrics, wall, s.ds.info.name,
+                                          curve=res.history, device=s.rt.describe())]
+        info = {"dataset": s.ds.info.as_dict()}
+        summary["sha256"] = write_model(out, res.best_state, spec, hist, info)
+        lp = last_path(out) if save_last else None
+        if lp:
+            write_model(lp, {k: v.detach() for k, v in model.state_dict().items()}, spec,
+                        m.history + [history_entry("train", options, [m.parent()], res.final_metrics, wall,
+                                                   s.ds.info.name, note="last epoch")], info)
+            summary["last_output"] = lp
+        progress.info(f"wrote {out if out != '-' else 'stdout'} (best epoch {res.best_epoch}, "
+                      f"val top-1 {summary['val_top1'] if summary['val_top1'] is not None else 'n/a'})")
+    return summary
