@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from indistill_cli import progress
 from indistill_cli.common import check_output, history_entry, resolve_model, write_model
-from indistill_cli.engine import Engine, OptimConfig
+from indistill_cli.engine import Engine, FitResult, OptimConfig
 from indistill_cli.evaluation import classify
-from indistill_cli.session import RunOptions, open_session
+from indistill_cli.session import RunOptions, Session, open_session
 
 
 def last_path(out: str) -> str | None:
@@ -24,22 +24,15 @@ def last_path(out: str) -> str | None:
     return str(p.with_name(p.name.removesuffix(".safetensors") + ".last.safetensors"))
 
 
-def run_train(model_arg: str, out: str, epochs: int, optim: OptimConfig, opts: RunOptions,
-              pretrained: bool = False, force: bool = False, save_last: bool = True) -> dict[str, Any]:
-    check_output(out, force)
-    t0 = time.perf_counter()
-    s = open_session(opts)
-    m = resolve_model(model_arg, s.ds.info, "model", pretrained=pretrained)
-    model = m.model.to(s.rt.device)
-    if s.rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+def fit_ce(model: torch.nn.Module, spec: dict[str, Any], s: Session, epochs: int, optim: OptimConfig,
+           label: str) -> FitResult:
+    """Cross-entropy training with best-on-validation selection (used by `train` and `prune --finetune`)."""
     net = model
     if s.rt.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[s.rt.device] if s.rt.device.type == "cuda" else None)
-    progress.info(f"train {m.name} on {s.ds.info.name} ({len(s.ds.train)} train / "
-                  f"{len(s.ds.val) if s.ds.val is not None else 0} val) on {s.rt.describe()}")
-    loader = s.train_loader(m.spec)
-    val_loader = s.eval_loader("val", m.spec) if s.val_split else None
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[s.rt.device] if s.rt.device.type == "cuda" else None)
+    loader = s.train_loader(spec)
+    val_loader = s.eval_loader("val", spec) if s.val_split else None
 
     def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
         logits = net(batch.x)
@@ -52,8 +45,22 @@ def run_train(model_arg: str, out: str, epochs: int, optim: OptimConfig, opts: R
         r = classify(model, val_loader, s.rt, s.ds.info.num_classes)
         return {"val_loss": r["loss"], "val_top1": r["top1"]}
 
-    engine = Engine(s.rt, optim, epochs, select="val_top1" if val_loader else None, label=f"train {m.name}")
-    res = engine.fit(model, model, step, loader, validate)
+    engine = Engine(s.rt, optim, epochs, select="val_top1" if val_loader else None, label=label)
+    return engine.fit(model, model, step, loader, validate)
+
+
+def run_train(model_arg: str, out: str, epochs: int, optim: OptimConfig, opts: RunOptions,
+              pretrained: bool = False, force: bool = False, save_last: bool = True) -> dict[str, Any]:
+    check_output(out, force)
+    t0 = time.perf_counter()
+    s = open_session(opts)
+    m = resolve_model(model_arg, s.ds.info, "model", pretrained=pretrained)
+    model = m.model.to(s.rt.device)
+    if s.rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    progress.info(f"train {m.name} on {s.ds.info.name} ({len(s.ds.train)} train / "
+                  f"{len(s.ds.val) if s.ds.val is not None else 0} val) on {s.rt.describe()}")
+    res = fit_ce(model, m.spec, s, epochs, optim, f"train {m.name}")
     wall = time.perf_counter() - t0
     options = {"arch": m.name, "epochs": epochs, **optim.as_dict(), **opts.as_dict(), "pretrained": pretrained}
     summary = {"stage": "train", "model": m.name, "output": out, "best_epoch": res.best_epoch,
