@@ -1,0 +1,129 @@
+"""Base class shared by every distillation term, plus small tensor helpers.
+
+A :class:`DistillLoss` is one knowledge-distillation term. The trainer combines
+it with cross-entropy as ``ce_weight * CE + weight * loss(...)``; the class
+attributes carry the recipe of the method's paper so the CLI can offer sane
+defaults without the user knowing them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+USES = ("logits", "embedding", "taps")
+
+
+@dataclass
+class Feats:
+    """What one network produced for a batch.
+
+    ``feats`` depends on the loss's ``uses``: ``[]`` for "logits",
+    ``[embedding (N, D)]`` for "embedding", one map per tap pair for "taps".
+    """
+
+    logits: torch.Tensor
+    feats: list[torch.Tensor]
+
+
+class DistillLoss(nn.Module):
+    """One KD term. Subclasses set the class attributes and implement forward."""
+
+    name: ClassVar[str]
+    uses: ClassVar[str]  # "logits" | "embedding" | "taps"
+    default_weight: ClassVar[float]
+    ce_weight: ClassVar[float]
+    hparams: ClassVar[dict[str, float | int]] = {}
+
+    def __init__(
+        self,
+        s_shapes: list[tuple[int, ...]],
+        t_shapes: list[tuple[int, ...]],
+        num_classes: int,
+        num_data: int,
+        **hp: float | int,
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(hp) - set(self.hparams))
+        if unknown:
+            valid = ", ".join(sorted(self.hparams)) or "(none)"
+            raise ValueError(
+                f"unknown hyper-parameter(s) {unknown} for loss {self.name!r}; valid: {valid}"
+            )
+        if len(s_shapes) != len(t_shapes):
+            raise ValueError(
+                f"{self.name}: {len(s_shapes)} student feature shapes but "
+                f"{len(t_shapes)} teacher feature shapes; they must be paired"
+            )
+        self.s_shapes = [tuple(s) for s in s_shapes]
+        self.t_shapes = [tuple(t) for t in t_shapes]
+        self.num_classes = num_classes
+        self.num_data = num_data
+        self.hp: dict[str, float | int] = {
+            k: _coerce(self.name, k, v, hp.get(k, v)) for k, v in self.hparams.items()
+        }
+
+    def forward(  # pragma: no cover - abstract
+        self,
+        s: Feats,
+        t: Feats,
+        labels: torch.Tensor,
+        index: torch.Tensor | None,
+        epoch: int,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_state_tensors(self) -> dict[str, torch.Tensor]:
+        """State beyond parameters/buffers that a checkpoint must keep."""
+        return {}
+
+    def load_extra_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`extra_state_tensors` returned."""
+        if state:
+            raise ValueError(f"{self.name} keeps no extra state, got keys {sorted(state)}")
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.hp.items())
+
+
+def _coerce(loss: str, key: str, default: float | int, value: float | int) -> float | int:
+    """Give ``value`` the type of the default (CLI values may arrive as floats)."""
+    if isinstance(default, int) and not isinstance(default, bool):
+        if float(value) != int(value):
+            raise ValueError(f"{loss}: hyper-parameter {key!r} must be an integer, got {value}")
+        return int(value)
+    return float(value)
+
+
+def teacher_view(x: torch.Tensor) -> torch.Tensor:
+    """Detach a teacher tensor; clone it if it is an inference tensor.
+
+    Inference tensors cannot be saved for backward, and a detached normal
+    tensor guarantees no gradient ever reaches the teacher.
+    """
+    x = x.detach()
+    return x.clone() if x.is_inference() else x
+
+
+def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average-pool 4-D maps so both have the smaller height and width."""
+    if a.dim() != 4 or b.dim() != 4:
+        return a, b
+    h, w = min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3])
+    if a.shape[2:] != (h, w):
+        a = F.adaptive_avg_pool2d(a, (h, w))
+    if b.shape[2:] != (h, w):
+        b = F.adaptive_avg_pool2d(b, (h, w))
+    return a, b
+
+
+def flat_dim(shape: tuple[int, ...]) -> int:
+    """Number of features in one sample of the given per-sample shape."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n

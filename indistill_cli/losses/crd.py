@@ -1,0 +1,166 @@
+"""Contrastive representation distillation.
+
+Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020.
+
+Student and teacher embeddings are projected by trainable linear heads to
+``feat_dim`` and L2-normalised. Two memory banks (one per network, size
+``num_data x feat_dim``) hold a momentum average of every training sample's
+projection. For each sample the positive is the bank entry of the same dataset
+index, and ``nce_k`` negatives are other entries; scores exp(<v, m> / T) / Z are
+fed to the NCE objective of the paper (Eq. 18, the NCE form of the
+RepDistiller/mdistiller ``ContrastLoss``), once with the teacher as anchor
+against the student bank and once the other way round; the two are summed.
+
+Defaults from the paper / RepDistiller / mdistiller ``CFG.CRD``: feat_dim 128,
+nce_k 16384, temperature 0.07, momentum 0.5, weight 0.8 with CE weight 1.
+Departures, all for small or reproducible runs:
+
+* ``nce_k`` is clipped to ``num_data - 1``; negatives are drawn uniformly with
+  replacement from the *other* samples (RepDistiller's in-memory sampler is
+  uniform over all samples) using a private, seeded ``torch.Generator`` (hp
+  ``seed``) on the CPU, so runs are bitwise repeatable. Its state is exposed by
+  :meth:`extra_state_tensors` for checkpoints.
+* The normalisation constants Z (one per bank) are estimated on the first
+  training batch as mean(score) * num_data, like RepDistiller, and kept in the
+  ``z`` buffer so they survive a checkpoint.
+* Banks and Z are only updated in training mode; evaluating the loss under
+  ``eval()`` leaves them untouched.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import register
+from .base import DistillLoss, Feats, flat_dim, teacher_view
+
+_EPS = 1e-7  # as RepDistiller's ContrastLoss
+
+
+class Embed(nn.Module):
+    """Linear projection followed by L2 normalisation."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.linear(x.flatten(1)), dim=1)
+
+
+def nce_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:
+    """NCE loss for (N, 1 + K) normalised scores, positive in column 0.
+
+    With noise probability Pn = 1 / num_data and K negatives:
+    -(sum log P1/(P1 + K Pn) + sum log K Pn/(P0 + K Pn)) / N.
+    """
+    n, k = scores.shape[0], scores.shape[1] - 1
+    k_pn = k / float(num_data)
+    pos, neg = scores[:, 0], scores[:, 1:]
+    log_d1 = torch.log(pos / (pos + k_pn + _EPS))
+    log_d0 = torch.log(k_pn / (neg + k_pn + _EPS))
+    return -(log_d1.sum() + log_d0.sum()) / n
+
+
+@register("crd")
+class CRD(DistillLoss):
+    """NCE between projected student/teacher embeddings with memory-bank negatives."""
+
+    uses = "embedding"
+    default_weight = 0.8
+    ce_weight = 1.0
+    hparams = {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "seed": 0}
+
+    memory_s: torch.Tensor
+    memory_t: torch.Tensor
+    z: torch.Tensor
+
+    def __init__(
+        self,
+        s_shapes: list[tuple[int, ...]],
+        t_shapes: list[tuple[int, ...]],
+        num_classes: int,
+        num_data: int,
+        **hp: float | int,
+    ) -> None:
+        super().__init__(s_shapes, t_shapes, num_classes, num_data, **hp)
+        if len(self.s_shapes) != 1:
+            raise ValueError("crd expects exactly one embedding per network")
+        if num_data < 2:
+            raise ValueError("crd needs a training set of at least 2 samples")
+        dim = int(self.hp["feat_dim"])
+        self.embed_s = Embed(flat_dim(self.s_shapes[0]), dim)
+        self.embed_t = Embed(flat_dim(self.t_shapes[0]), dim)
+        self.nce_k = min(int(self.hp["nce_k"]), num_data - 1)
+        self._gen = torch.Generator().manual_seed(int(self.hp["seed"]))
+        stdv = 1.0 / math.sqrt(dim / 3)
+        for name in ("memory_s", "memory_t"):
+            bank = torch.rand(num_data, dim, generator=self._gen) * (2 * stdv) - stdv
+            self.register_buffer(name, bank)
+        self.register_buffer("z", torch.full((2,), -1.0))  # Z for (student, teacher) scores
+
+    def extra_state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"rng_state": self._gen.get_state()}
+
+    def load_extra_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        unknown = set(state) - {"rng_state"}
+        if unknown:
+            raise ValueError(f"crd: unexpected extra state keys {sorted(unknown)}")
+        if "rng_state" in state:
+            self._gen.set_state(state["rng_state"].detach().cpu().to(torch.uint8))
+
+    def sample_negatives(self, index: torch.Tensor) -> torch.Tensor:
+        """(N, nce_k) indices drawn uniformly from [0, num_data) minus each row's own index."""
+        draw = torch.randint(
+            0, self.num_data - 1, (index.numel(), self.nce_k), generator=self._gen
+        ).to(index.device)
+        return draw + (draw >= index[:, None]).long()
+
+    def _scores(self, bank: torch.Tensor, cand: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """exp(<bank[cand], v> / T) for every candidate, shape (N, 1 + K)."""
+        w = bank[cand].to(v.dtype)  # a copy: later in-place bank updates leave the graph alone
+        return torch.exp(torch.bmm(w, v[:, :, None]).squeeze(2) / float(self.hp["nce_t"]))
+
+    def forward(
+        self,
+        s: Feats,
+        t: Feats,
+        labels: torch.Tensor,
+        index: torch.Tensor | None,
+        epoch: int,
+    ) -> torch.Tensor:
+        if index is None:
+            raise ValueError("crd needs the dataset indices of the batch (index=None given)")
+        idx = index.reshape(-1).to(device=self.memory_s.device, dtype=torch.long)
+        v_s = self.embed_s(s.feats[0])
+        v_t = self.embed_t(teacher_view(t.feats[0]))
+        cand = torch.cat([idx[:, None], self.sample_negatives(idx)], dim=1)
+        out_s = self._scores(self.memory_t, cand, v_s)  # student anchor, teacher bank
+        out_t = self._scores(self.memory_s, cand, v_t)  # teacher anchor, student bank
+        z = self._normalisers(out_s, out_t)
+        loss = nce_loss(out_s / z[0], self.num_data) + nce_loss(out_t / z[1], self.num_data)
+        if self.training:
+            self._update_banks(idx, v_s, v_t)
+        return loss
+
+    @torch.no_grad()
+    def _normalisers(self, out_s: torch.Tensor, out_t: torch.Tensor) -> torch.Tensor:
+        """Z constants; estimated from this batch while unset (stored when training)."""
+        if bool((self.z < 0).any()):
+            est = torch.stack([out_s.mean(), out_t.mean()]).to(self.z) * self.num_data
+            z = torch.where(self.z < 0, est, self.z)
+            if self.training:
+                self.z.copy_(z)
+            return z
+        return self.z.clone()
+
+    @torch.no_grad()
+    def _update_banks(self, idx: torch.Tensor, v_s: torch.Tensor, v_t: torch.Tensor) -> None:
+        m = float(self.hp["nce_m"])
+        for bank, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
+            mixed = bank.index_select(0, idx) * m + v.detach().to(bank) * (1.0 - m)
+            bank.index_copy_(0, idx, F.normalize(mixed, dim=1))

@@ -1,0 +1,113 @@
+"""`indistill warmup`: the InDistill stage 1b, layer-wise copying of the teacher's feature maps.
+
+Taps are trained shallow to deep on the curriculum S_l = a + b*l; during tap l's epochs the loss is
+only MSE(student tap l, teacher target tap l) (plus earlier taps with --cumulative), no CE. The
+student's forward stops right after tap l, so layers past it get no gradient and cost nothing.
+After each epoch the MSE of every tap on fixed validation batches is recorded: the information-flow
+curves of the paper's Figure 2.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from indistill_cli import progress
+from indistill_cli.checkpoint import load_checkpoint
+from indistill_cli.common import check_output, history_entry, resolve_model, write_model
+from indistill_cli.curriculum import epochs_per_tap, phases, tap_of_epoch
+from indistill_cli.data import check_compatible
+from indistill_cli.errors import BadInput
+from indistill_cli.engine import Engine, OptimConfig
+from indistill_cli.flow import FlowPair, flow_mse, mse, pairs_from_teacher
+from indistill_cli.models import model_from_checkpoint, spec_name
+from indistill_cli.session import RunOptions, open_session
+
+
+def fixed_batches(session: Any, spec: dict[str, Any], max_images: int) -> list[torch.Tensor]:
+    """The first `max_images` validation images (test split if no validation), as model-ready batches."""
+    split = session.val_split or "test"
+    out, n = [], 0
+    for b in session.eval_loader(split, spec, shard=False):
+        out.append(b.x[: max_images - n])
+        n += out[-1].shape[0]
+        if n >= max_images:
+            break
+    return out
+
+
+def run_warmup(teacher_arg: str, student_arg: str, out: str, optim: OptimConfig, opts: RunOptions,
+               a: float = 2.0, b: float = 1.0, explicit: str | None = None, cumulative: bool = False,
+               plot: str | None = None, flow_images: int = 1000, force: bool = False) -> dict[str, Any]:
+    check_output(out, force)
+    t0 = time.perf_counter()
+    teacher_ck = load_checkpoint(teacher_arg)
+    if teacher_ck.role not in ("pruned-teacher", "model"):
+        raise BadInput(f"{teacher_ck.source}: is a {teacher_ck.role} checkpoint; expected a (pruned) teacher")
+    s = open_session(opts)
+    check_compatible(s.ds.info, teacher_ck.spec, f"teacher {teacher_ck.source}")
+    student = resolve_model(student_arg, s.ds.info, "student")
+    pairs = pairs_from_teacher(teacher_ck, student.spec)
+    sched = epochs_per_tap(len(pairs), a, b, explicit)
+    epoch_tap = tap_of_epoch(sched)
+    rt = s.rt
+    teacher = model_from_checkpoint(teacher_ck).to(rt.device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    model = student.model.to(rt.device)
+    if rt.channels_last:
+        model, teacher = model.to(memory_format=torch.channels_last), teacher.to(memory_format=torch.channels_last)
+    flow = FlowPair(teacher, model, pairs)
+    loader = s.train_loader(student.spec)
+    fixed = fixed_batches(s, student.spec, flow_images)
+    flow.announce_spatial(fixed[0])
+    progress.info(f"warmup {student.name} from {spec_name(teacher_ck.spec)} on {s.ds.info.name} ({rt.describe()}): "
+                  + ", ".join(f"{p.teacher_tap}->{p.student_tap} {n} ep" for p, n in zip(pairs, sched)))
+    names = [p.student_tap for p in pairs]
+    curves: dict[str, list[float]] = {n: [v] for n, v in zip(names, flow_mse(flow, fixed))}
+
+    def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
+        l = epoch_tap[epoch]
+        targets = flow.targets(batch.x, l)
+        maps = flow.student_maps(batch.x, l)
+        first = 0 if cumulative else l
+        terms = {f"mse_{names[i]}": mse(maps[i], targets[i]) for i in range(first, l + 1)}
+        return {"loss": sum(terms.values()), **terms}
+
+    def validate(epoch: int) -> dict[str, float]:
+        vals = flow_mse(flow, fixed)
+        for n, v in zip(names, vals):
+            curves[n].append(v)
+        return {"active_tap": epoch_tap[epoch] + 1, **{f"val_mse_{n}": v for n, v in zip(names, vals)}}
+
+    engine = Engine(rt, optim, len(epoch_tap), label=f"warmup {student.name}")
+    res = engine.fit(model, model, step, loader, validate)
+    wall = time.perf_counter() - t0
+    initial = {n: c[0] for n, c in curves.items()}
+    final = {n: c[-1] for n, c in curves.items()}
+    spans = [(f"{names[t]}", lo, hi) for t, lo, hi in phases(sched)]
+    if plot and rt.is_main:
+        from indistill_cli.plots import plot_flow
+
+        plot_flow(curves, plot, f"InDistill warmup: {spec_name(teacher_ck.spec)} -> {student.name}", spans)
+    warm_info = {"teacher": {"path": teacher_ck.source, "sha256": teacher_ck.sha256},
+                 "pairs": [{"teacher_tap": p.teacher_tap, "student_tap": p.student_tap, "epochs": n}
+                           for p, n in zip(pairs, sched)],
+                 "epochs_per_tap": sched, "cumulative": cumulative, "initial_mse": initial, "final_mse": final}
+    summary = {"stage": "warmup", "student": student.name, "teacher": spec_name(teacher_ck.spec), "output": out,
+               **warm_info, "curves": curves, "images_per_sec": round(res.images_per_sec, 1),
+               "peak_memory_mb": round(res.peak_memory_mb, 1), "wall_s": round(wall, 2)}
+    if rt.is_main:
+        options = {"a": a, "b": b, "epochs_per_tap": sched, "cumulative": cumulative, "flow_images": flow_images,
+                   **optim.as_dict(), **opts.as_dict()}
+        metrics = {"final_mse": final, "initial_mse": initial, "images_per_sec": summary["images_per_sec"]}
+        hist = student.history + [history_entry(
+            "warmup", options, [{"path": teacher_ck.source, "sha256": teacher_ck.sha256}, student.parent()],
+            metrics, wall, s.ds.info.name, warmup=warm_info, curves=curves, device=rt.describe())]
+        summary["sha256"] = write_model(out, res.best_state, student.spec, hist, {"dataset": s.ds.info.as_dict(),
+                                                                                   "warmup": warm_info})
+        progress.table("information flow (validation MSE per tap)", ["tap", "before", "after", "epochs"],
+                       [[n, initial[n], final[n], k] for n, k in zip(names, sched)])
+    return summary
