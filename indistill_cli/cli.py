@@ -231,5 +231,65 @@ def datasets(json_out: Json = False) -> None:
     _run(body, json_out, quiet=json_out)
 
 
+@app.command()
+def warmup(
+    teacher: Annotated[str, typer.Option("--teacher", "-t", help="Pruned teacher checkpoint (from `prune`) or -.")],
+    student: Annotated[str, typer.Option("--student", "-s", help="Student checkpoint, - or architecture name.")],
+    output: Out,
+    data: Data = "fashion-mnist-mini",
+    a: Annotated[float, typer.Option("--a", help="Curriculum: tap l trains for round(a + b*l) epochs.")] = 2.0,
+    b: Annotated[float, typer.Option("--b", help="Curriculum slope (deeper taps get more epochs).")] = 1.0,
+    epochs_per_tap: Annotated[Optional[str], typer.Option(help="Explicit epochs per tap, e.g. 3,4,5.")] = None,
+    cumulative: Annotated[bool, typer.Option(help="Also keep the MSE terms of earlier taps.")] = False,
+    batch_size: BatchSize = 128,
+    optimizer: Optimizer = "adam",
+    lr: Annotated[float, typer.Option(help="Learning rate (reference: Adam 1e-3).")] = 1e-3,
+    momentum: Momentum = 0.9,
+    weight_decay: WeightDecay = 0.0,
+    schedule: Schedule = "none",
+    milestones: Milestones = "",
+    gamma: Gamma = 0.1,
+    reset_optimizer_each_epoch: Annotated[bool, typer.Option(
+        help="Re-create the optimiser every epoch (the reference code's habit).")] = False,
+    plot: Annotated[Optional[str], typer.Option(help="Write the per-tap MSE curves as PNG.")] = None,
+    flow_images: Annotated[int, typer.Option(help="Validation images for the per-epoch flow curves.")] = 1000,
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    channels_last: ChannelsLast = "auto",
+    augment: Augment = True,
+    deterministic: Deterministic = False,
+    val_fraction: ValFraction = 0.1,
+    data_root: DataRoot = None,
+    image_size: ImageSize = None,
+    force: Force = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """InDistill warmup: copy the pruned teacher's feature maps into the student, tap by tap.
+
+    Tap l (shallow to deep) trains for a + b*l epochs on MSE(student tap l, teacher tap l) only.
+
+    Examples:
+
+        indistill warmup --teacher t_pruned.safetensors --student cnn3-w0.5 --data fashion-mnist-mini -o warm.safetensors --plot flow.png
+
+        indistill prune t.safetensors --like cnn3-w0.5 -o - | indistill warmup -t - -s cnn3-w0.5 -o warm.safetensors
+    """
+    def body() -> Any:
+        from indistill_cli.warmup import run_warmup
+
+        opts = _run_opts(data=data, data_root=data_root, val_fraction=val_fraction, image_size=image_size,
+                         batch_size=batch_size, seed=seed, device=device, precision=precision,
+                         channels_last=channels_last, augment=augment, deterministic=deterministic)
+        optim = _optim(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False,
+                       schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=0,
+                       reset_each_epoch=reset_optimizer_each_epoch)
+        return run_warmup(teacher, student, output, optim, opts, a, b, epochs_per_tap, cumulative, plot,
+                          flow_images, force)
+
+    _run(body, json_out, quiet)
+
+
 def main() -> None:
     app()

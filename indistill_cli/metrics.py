@@ -8,8 +8,9 @@ Ranking and tie rule
 Database items are ordered by a float64 *ranking key* (smaller = nearer), with ties broken
 by database index ascending (a stable sort of the key). The keys are
 
-* ``cosine``:    ``-(q . d) / max(|q|, eps) / max(|d|, eps)``, i.e. ``cos - 1`` shifted,
-  so the order is that of ``1 - cos``; a zero vector has cosine 0 to everything.
+* ``cosine``:    ``-(q . d) / max(|q|, eps) / max(|d|, eps)``, i.e. ``-cos``. It orders
+  exactly like the distance ``1 - cos`` but is not rounded by the subtraction, which would
+  merge distinct near-duplicates into ties. A zero vector has cosine 0 to everything.
 * ``euclidean``: ``max(|q|^2 + |d|^2 - 2 q . d, 0)``, the squared distance, which ranks
   exactly like the plain distance but is not rounded by a square root.
 
@@ -45,8 +46,8 @@ __all__ = [
 METRICS = ("cosine", "euclidean")
 MAP_MODES = ("exact", "11pt")
 
-# Memory for one chunk's (chunk x database) float64 key matrix when chunk_size is None.
-# Sorting and relevance gathering need roughly three times this again at peak.
+# Memory for one chunk's (chunk x database) float64 key matrix when chunk_size is None;
+# sorting holds the keys, sorted keys and int64 order at once, so the peak is about 3x.
 _CHUNK_BYTES = 256 * 2**20
 # Largest number of query rows per matrix product; every product uses one fixed shape.
 _MAX_MM_BLOCK = 64
@@ -104,13 +105,14 @@ def retrieval_metrics(
     those metrics are NaN.
 
     Queries are processed ``chunk_size`` at a time so only a (chunk x B) matrix ever exists;
-    ``None`` picks the chunk so that matrix is about 256 MB. ``device`` (e.g. ``"cuda"``) is
-    where the database lives and chunks are computed; it defaults to the database's device.
+    ``None`` picks the chunk so that its float64 key matrix is about 256 MB (peak working
+    memory is about three times that). ``device`` (e.g. ``"cuda"``) is where the database
+    lives and chunks are computed; it defaults to the database's device.
     ``progress(done, total)`` is called after each chunk.
     """
     _check_retrieval_inputs(queries, q_labels, database, db_labels, metric, map_mode)
     ks = _check_ks(ks)
-    device = torch.device(device) if device is not None else database.device
+    device = _resolve_device(device, database)
     db = _Database.build(database, metric, device)
     q_lab, db_lab = _compact_labels(q_labels, db_labels, device)
     num_relevant = torch.bincount(db_lab, minlength=int(q_lab.max()) + 1)[q_lab]
@@ -160,7 +162,8 @@ def nearest(
         raise ValueError("database is empty")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    device = torch.device(device) if device is not None else database.device
+    _check_finite(query=query, database=database)
+    device = _resolve_device(device, database)
     db = _Database.build(database, metric, device)
     k = min(k, db.size)
     chunk = _resolve_chunk_size(chunk_size, db.size)
@@ -218,14 +221,23 @@ def _check_retrieval_inputs(
         raise ValueError("labels must be 1-D with one entry per query / database item")
     if queries.shape[0] == 0 or database.shape[0] == 0:
         raise ValueError("queries and database must be non-empty")
+    _check_finite(queries=queries, database=database)
 
 
 # --------------------------------------------------------------------------- ranking
 
 
-def _compute_dtype(device: torch.device) -> torch.dtype:
-    """float64 keeps distinct distances distinct and integer embeddings exact; MPS lacks it."""
-    return torch.float32 if device.type == "mps" else torch.float64
+def _resolve_device(device: torch.device | str | None, database: Tensor) -> torch.device:
+    """The requested device, else the database's; MPS has no float64, so it falls back to CPU."""
+    resolved = torch.device(device) if device is not None else database.device
+    return torch.device("cpu") if resolved.type == "mps" else resolved
+
+
+def _check_finite(**tensors: Tensor) -> None:
+    """NaN keys would sort silently to the end and yield plausible-looking garbage."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name} contains NaN or infinite values")
 
 
 @dataclass(frozen=True)
@@ -243,7 +255,7 @@ class _Database:
 
     @staticmethod
     def build(database: Tensor, metric: str, device: torch.device) -> "_Database":
-        vectors = database.detach().to(device=device, dtype=_compute_dtype(device))
+        vectors = database.detach().to(device=device, dtype=torch.float64)
         mm_block = min(_MAX_MM_BLOCK, _rows_in_budget(vectors.shape[0]))
         return _Database(vectors.t(), _norm_term(vectors, metric), metric, mm_block)
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from indistill_cli.taps import match_spatial  # noqa: F401 - re-exported for the methods
+
 USES = ("logits", "embedding", "taps")
 
 
@@ -107,18 +109,6 @@ def teacher_view(x: torch.Tensor) -> torch.Tensor:
     """
     x = x.detach()
     return x.clone() if x.is_inference() else x
-
-
-def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average-pool 4-D maps so both have the smaller height and width."""
-    if a.dim() != 4 or b.dim() != 4:
-        return a, b
-    h, w = min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3])
-    if a.shape[2:] != (h, w):
-        a = F.adaptive_avg_pool2d(a, (h, w))
-    if b.shape[2:] != (h, w):
-        b = F.adaptive_avg_pool2d(b, (h, w))
-    return a, b
 
 
 def flat_dim(shape: tuple[int, ...]) -> int:
