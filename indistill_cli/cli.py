@@ -151,6 +151,77 @@ def train(
 
 
 @app.command()
+def prune(
+    teacher: Annotated[str, typer.Argument(help="Trained teacher checkpoint (or - for stdin).")],
+    like: Annotated[str, typer.Option("--like", help="The student whose tap widths the teacher is pruned to: a "
+                                      "checkpoint or an architecture name (built for the teacher's data).")],
+    output: Out,
+    criterion: Annotated[str, typer.Option(help="Channel importance: l1 (filter |W| sum, the reference), l2, "
+                                           "bn-scale (|gamma|) or activation (mean |activation| on val batches).")] = "l1",
+    mode: Annotated[str, typer.Option(help="probe: keep the full teacher + kept indices (targets = real teacher "
+                                      "activations at the kept channels, the reference); chained: a structurally "
+                                      "pruned teacher that runs on its own.")] = "probe",
+    pair: Annotated[Optional[list[str]], typer.Option("--pair", help="TEACHER_TAP:STUDENT_TAP, repeatable; replaces "
+                                                      "the default pairing (k-th with k-th, or proportional).")] = None,
+    finetune: Annotated[int, typer.Option(help="Cross-entropy fine-tuning epochs after pruning (--mode chained "
+                                          "only), with the training options below.")] = 0,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset for the accuracies, activation "
+                                                "statistics and fine-tuning (default: the teacher's).")] = None,
+    batch_size: BatchSize = 128,
+    optimizer: Optimizer = "sgd",
+    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 0.01,
+    momentum: Momentum = 0.9,
+    weight_decay: WeightDecay = 5e-4,
+    nesterov: Nesterov = False,
+    schedule: Schedule = "cosine",
+    milestones: Milestones = "",
+    gamma: Gamma = 0.1,
+    warmup_epochs: WarmupEpochs = 0,
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    channels_last: ChannelsLast = "auto",
+    augment: Augment = True,
+    deterministic: Deterministic = False,
+    val_fraction: ValFraction = 0.1,
+    data_root: DataRoot = None,
+    image_size: ImageSize = None,
+    eval_batch_size: EvalBatch = 256,
+    force: Force = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Prune a trained teacher's channels at each tap to the student's widths (InDistill stage 1a).
+
+    Taps pair k-th with k-th (proportionally when the counts differ; see --pair). At each pair the
+    teacher's channels are ranked over their coupled group (residual stages included) and the
+    student's width of them kept, in original order. Prints validation top-1 before and after.
+
+    Examples:
+
+        indistill prune resnet56.safetensors --like resnet20-w0.5 -o t_pruned.safetensors
+
+        indistill prune cnn3.safetensors --like cnn3-w0.5 --mode chained --finetune 2 -o aux_pruned.safetensors
+    """
+    def body() -> Any:
+        from indistill_cli.errors import BadInput
+        from indistill_cli.prune import run_prune
+
+        if json_out and output == "-":
+            raise BadInput("--json and -o - would both write to stdout; write the checkpoint to a file")
+        opts = _run_opts(data=data or "fashion-mnist-mini", data_root=data_root, val_fraction=val_fraction,
+                         image_size=image_size, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
+                         device=device, precision=precision, channels_last=channels_last, augment=augment,
+                         deterministic=deterministic)
+        optim = _optim(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                       schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs)
+        return run_prune(teacher, like, output, opts, criterion=criterion, mode=mode, pairs=pair or [],
+                         finetune=finetune, optim=optim, data_given=data is not None, force=force)
+
+    _run(body, json_out, quiet)
+
+
+@app.command()
 def evaluate(
     model: Annotated[str, typer.Argument(help="Checkpoint to evaluate (or - for stdin).")],
     data: Data = "fashion-mnist-mini",
@@ -287,6 +358,72 @@ def warmup(
                        reset_each_epoch=reset_optimizer_each_epoch)
         return run_warmup(teacher, student, output, optim, opts, a, b, epochs_per_tap, cumulative, plot,
                           flow_images, force)
+
+    _run(body, json_out, quiet)
+
+
+@app.command()
+def distill(
+    teacher: Annotated[str, typer.Option("--teacher", "-t", help="Trained teacher checkpoint (or -).")],
+    student: Annotated[str, typer.Option("--student", "-s", help="Student checkpoint (e.g. from warmup), - or "
+                                                                 "architecture name (fresh weights).")],
+    output: Out,
+    method: Annotated[list[str], typer.Option("--method", "-m", help="KD method[:weight], repeatable: kd, pkt, "
+                                              "pkt-cosine, fitnet, at, sp, rkd, dkd, crd.")],
+    param: Annotated[Optional[list[str]], typer.Option(help="Method hyper-parameter, e.g. kd.temperature=2.")] = None,
+    ce: Annotated[Optional[float], typer.Option(help="CE weight (default: the methods' paper recipe, e.g. 0.1 "
+                                                     "with kd, 1.0 otherwise).")] = None,
+    tap: Annotated[Optional[list[str]], typer.Option(help="TEACHER_TAP:STUDENT_TAP for tap-based methods "
+                                                          "(fitnet, at, sp); default: the paired taps.")] = None,
+    embedding_tap: Annotated[Optional[str], typer.Option(help="TEACHER_TAP:STUDENT_TAP for embedding methods "
+                                                              "(pkt, rkd, crd); default: the embeddings.")] = None,
+    adapters: Annotated[Optional[str], typer.Option(help="Sidecar for trained adapters (default "
+                                                         "OUT.adapters.safetensors).")] = None,
+    data: Data = "fashion-mnist-mini",
+    epochs: Epochs = 30,
+    batch_size: BatchSize = 128,
+    optimizer: Optimizer = "sgd",
+    lr: Annotated[float, typer.Option(help="Base learning rate.")] = 0.05,
+    momentum: Momentum = 0.9,
+    weight_decay: WeightDecay = 5e-4,
+    nesterov: Nesterov = False,
+    schedule: Schedule = "cosine",
+    milestones: Milestones = "",
+    gamma: Gamma = 0.1,
+    warmup_epochs: WarmupEpochs = 0,
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    channels_last: ChannelsLast = "auto",
+    augment: Augment = True,
+    deterministic: Deterministic = False,
+    val_fraction: ValFraction = 0.1,
+    data_root: DataRoot = None,
+    image_size: ImageSize = None,
+    force: Force = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Knowledge distillation (stage 2): train the student from the teacher with one or more KD methods + CE.
+
+    Examples:
+
+        indistill distill -t teacher.safetensors -s warm.safetensors -m kd -o student.safetensors
+
+        indistill distill -t teacher.safetensors -s cnn3-w0.5 -m kd -m pkt:0.5 --ce 1.0 -o student.safetensors
+
+        indistill distill -t aux.safetensors -s warm.safetensors -m pkt --ce 0 --optimizer adam --lr 1e-3 --schedule multistep --milestones 48 --epochs 58 --wd 0 -o s.safetensors
+    """
+    def body() -> Any:
+        from indistill_cli.distill import run_distill
+
+        opts = _run_opts(data=data, data_root=data_root, val_fraction=val_fraction, image_size=image_size,
+                         batch_size=batch_size, seed=seed, device=device, precision=precision,
+                         channels_last=channels_last, augment=augment, deterministic=deterministic)
+        optim = _optim(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                       schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs)
+        return run_distill(teacher, student, output, method, param or [], ce, tap or [], embedding_tap, epochs,
+                           optim, opts, adapters, force)
 
     _run(body, json_out, quiet)
 

@@ -1,0 +1,231 @@
+"""`indistill distill`: stage-2 knowledge distillation with one or several KD methods plus CE.
+
+loss = ce * CE(student) + sum_m weight_m * method_m(student feats, teacher feats). Each method reads
+logits, the embedding, or paired taps, all captured by forward hooks, so any teacher/student pair
+(timm and torchvision included) works. The teacher is frozen, eval mode, under inference_mode.
+Adapters a method trains (regressors, embedders, CRD memory) are optimised with the student and
+saved in a sidecar file, never in the student checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from indistill_cli import losses, progress
+from indistill_cli.checkpoint import atomic_write
+from indistill_cli.common import check_output, history_entry, resolve_model, write_model
+from indistill_cli.engine import Engine, OptimConfig
+from indistill_cli.errors import BadInput
+from indistill_cli.evaluation import classify
+from indistill_cli.losses.base import Feats
+from indistill_cli.models import spec_name
+from indistill_cli.session import RunOptions, open_session
+from indistill_cli.taps import TapSet, as_vector
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    weight: float
+    hparams: dict[str, float]
+
+
+def parse_methods(methods: list[str], params: list[str]) -> list[MethodSpec]:
+    """'kd', 'pkt:0.5' and '--param kd.temperature=2' into method specs with weights and hparams."""
+    if not methods:
+        raise BadInput("give at least one --method (" + ", ".join(losses.names()) + ")")
+    out: list[MethodSpec] = []
+    for m in methods:
+        name, _, w = m.partition(":")
+        try:
+            cls = losses.get(name)
+        except KeyError as e:
+            raise BadInput(str(e).strip("'\"")) from None
+        try:
+            weight = float(w) if w else float(cls.default_weight)
+        except ValueError:
+            raise BadInput(f"--method {m}: the weight after ':' must be a number") from None
+        if any(o.name == name for o in out):
+            raise BadInput(f"--method {name} given twice")
+        out.append(MethodSpec(name, weight, {}))
+    for p in params:
+        key, eq, val = p.partition("=")
+        meth, dot, hp = key.partition(".")
+        target = next((o for o in out if o.name == meth), None)
+        if not (eq and dot) or target is None:
+            raise BadInput(f"--param {p}: expected METHOD.NAME=VALUE for a method given with --method")
+        try:
+            target.hparams[hp] = float(val)
+        except ValueError:
+            raise BadInput(f"--param {p}: value must be a number") from None
+    return out
+
+
+def _pairs_for(kind: str, t_spec: dict[str, Any], s_spec: dict[str, Any], tap_pairs: list[str],
+               emb_pair: str | None) -> list[tuple[str, str]]:
+    if kind == "logits":
+        return []
+    if kind == "embedding":
+        if emb_pair:
+            t, _, s = emb_pair.partition(":")
+            return [(t, s)]
+        return [(t_spec["embedding"]["name"], s_spec["embedding"]["name"])]
+    from indistill_cli.prune import pair_taps
+
+    return pair_taps(t_spec, s_spec, tap_pairs)
+
+
+class Distiller(nn.Module):
+    """Student + KD methods: one forward gives the total loss and its named terms."""
+
+    def __init__(self, student: nn.Module, methods: list[MethodSpec], method_pairs: list[list[tuple[str, str]]],
+                 losses_: list[nn.Module], ce: float) -> None:
+        super().__init__()
+        self.student = student
+        self.losses = nn.ModuleList(losses_)
+        self.methods, self.method_pairs, self.ce = methods, method_pairs, ce
+        self.s_taps = sorted({s for pairs in method_pairs for _, s in pairs})
+        self.t_taps = sorted({t for pairs in method_pairs for t, _ in pairs})
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int, teacher: nn.Module,
+                net: nn.Module) -> dict[str, torch.Tensor]:
+        with torch.inference_mode(), TapSet(teacher, self.t_taps) as tt:
+            t_logits = tt.forward(x)
+            t_out = dict(tt.out)
+        with TapSet(self.student, self.s_taps) as st:
+            s_logits = net(x)
+            s_out = dict(st.out)
+        terms: dict[str, torch.Tensor] = {}
+        if self.ce:
+            terms["ce"] = F.cross_entropy(s_logits, y)
+        with torch.autocast(x.device.type, enabled=False):  # KD terms in fp32 (Gram matrices, softmax at T)
+            for m, pairs, loss in zip(self.methods, self.method_pairs, self.losses):
+                kind = type(loss).uses
+                prep = as_vector if kind == "embedding" else (lambda v: v)
+                s_f = Feats(s_logits.float(), [prep(s_out[s]).float() for _, s in pairs])
+                t_f = Feats(t_logits.float(), [prep(t_out[t]).float() for t, _ in pairs])
+                terms[m.name] = loss(s_f, t_f, y, idx, epoch)
+        total = (self.ce * terms["ce"] if self.ce else 0) + sum(
+            m.weight * terms[m.name] for m in self.methods)
+        return {"loss": total, **terms, "_correct": (s_logits.argmax(1) == y).sum()}
+
+
+def _feature_shapes(model: nn.Module, names: list[str], kind: str, x: torch.Tensor) -> list[tuple[int, ...]]:
+    if not names:
+        return []
+    was = model.training
+    model.eval()
+    with torch.no_grad(), TapSet(model, names) as taps:
+        model(x)
+        out = [taps.out[n] for n in names]
+    model.train(was)
+    return [tuple((as_vector(o) if kind == "embedding" else o).shape[1:]) for o in out]
+
+
+def save_adapters(path: str, distiller: Distiller) -> None:
+    """The methods' trained state (regressors, embedders, memory banks) in a safetensors sidecar."""
+    from safetensors.torch import save
+
+    tensors: dict[str, torch.Tensor] = {}
+    for m, loss in zip(distiller.methods, distiller.losses):
+        for k, v in loss.state_dict().items():
+            tensors[f"{m.name}/{k}"] = v.detach().cpu().contiguous()
+        for k, v in loss.extra_state_tensors().items():
+            tensors[f"{m.name}/@{k}"] = v.detach().cpu().contiguous()
+    meta = {"format": "indistill-adapters/1",
+            "methods": json.dumps([{"name": m.name, "weight": m.weight, "hparams": m.hparams}
+                                   for m in distiller.methods])}
+    atomic_write(path, save(tensors, metadata=meta))
+
+
+def run_distill(teacher_arg: str, student_arg: str, out: str, methods: list[str], params: list[str],
+                ce: float | None, tap_pairs: list[str], embedding_pair: str | None, epochs: int,
+                optim: OptimConfig, opts: RunOptions, adapters: str | None = None,
+                force: bool = False) -> dict[str, Any]:
+    check_output(out, force)
+    t0 = time.perf_counter()
+    specs = parse_methods(methods, params)
+    s = open_session(opts)
+    rt = s.rt
+    teacher_r = resolve_model(teacher_arg, s.ds.info, "teacher", trained=True, role=None)
+    if teacher_r.ckpt is not None and teacher_r.ckpt.role not in ("model", "pruned-teacher"):
+        raise BadInput(f"{teacher_r.ckpt.source}: a {teacher_r.ckpt.role} checkpoint cannot be a teacher")
+    student_r = resolve_model(student_arg, s.ds.info, "student")
+    teacher = teacher_r.model.to(rt.device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = student_r.model.to(rt.device)
+    if rt.channels_last:
+        teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
+    ce_w = ce if ce is not None else min(losses.get(m.name).ce_weight for m in specs)
+    if ce_w < 0:
+        raise BadInput("--ce must be >= 0")
+    probe = torch.zeros(2, teacher_r.spec["in_channels"], *teacher_r.spec["input_size"], device=rt.device)
+    method_pairs, loss_mods = [], []
+    for m in specs:
+        cls = losses.get(m.name)
+        pairs = _pairs_for(cls.uses, teacher_r.spec, student_r.spec, tap_pairs, embedding_pair)
+        t_shapes = _feature_shapes(teacher, [t for t, _ in pairs], cls.uses, probe)
+        s_shapes = _feature_shapes(student, [s_ for _, s_ in pairs], cls.uses, probe)
+        try:
+            loss_mods.append(cls(s_shapes, t_shapes, s.ds.info.num_classes, len(s.ds.train), **m.hparams))
+        except ValueError as e:
+            raise BadInput(f"--method {m.name}: {e}") from None
+        method_pairs.append(pairs)
+    distiller = Distiller(student, specs, method_pairs, loss_mods, ce_w).to(rt.device)
+    net: nn.Module = student
+    if rt.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            student, device_ids=[rt.device] if rt.device.type == "cuda" else None)
+    from_warmup = any(h.get("stage") == "warmup" for h in student_r.history)
+    desc = " + ".join([f"{ce_w:g}*ce"] * bool(ce_w) + [f"{m.weight:g}*{m.name}" for m in specs])
+    progress.info(f"distill {teacher_r.name} -> {student_r.name}{' (from InDistill warmup)' if from_warmup else ''} "
+                  f"on {s.ds.info.name}: loss = {desc} ({rt.describe()})")
+    loader = s.train_loader(student_r.spec)
+    val_loader = s.eval_loader("val", student_r.spec) if s.val_split else None
+
+    def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
+        return distiller(batch.x, batch.y, batch.idx, epoch, teacher, net)
+
+    def validate(epoch: int) -> dict[str, float]:
+        if val_loader is None:
+            return {}
+        r = classify(student, val_loader, rt, s.ds.info.num_classes)
+        return {"val_loss": r["loss"], "val_top1": r["top1"]}
+
+    engine = Engine(rt, optim, epochs, select="val_top1" if val_loader else None,
+                    label=f"distill {student_r.name}")
+    res = engine.fit(distiller, student, step, loader, validate)
+    wall = time.perf_counter() - t0
+    method_rec = [{"name": m.name, "weight": m.weight, "uses": losses.get(m.name).uses,
+                   "hparams": {**losses.get(m.name).hparams, **m.hparams},
+                   "pairs": [list(p) for p in pairs]} for m, pairs in zip(specs, method_pairs)]
+    best = res.history[res.best_epoch - 1] if res.history else {}
+    summary = {"stage": "distill", "teacher": teacher_r.name, "student": student_r.name, "output": out,
+               "methods": method_rec, "ce": ce_w, "from_warmup": from_warmup, "best_epoch": res.best_epoch,
+               "val_top1": best.get("val_top1"), "images_per_sec": round(res.images_per_sec, 1),
+               "peak_memory_mb": round(res.peak_memory_mb, 1), "wall_s": round(wall, 2), "epochs": res.history}
+    if rt.is_main:
+        has_state = any(len(l.state_dict()) or l.extra_state_tensors() for l in distiller.losses)
+        if adapters is None and has_state and out != "-":
+            adapters = str(Path(out).with_name(Path(out).name.removesuffix(".safetensors") + ".adapters.safetensors"))
+        if adapters and has_state:
+            save_adapters(adapters, distiller)
+            summary["adapters"] = adapters
+        options = {"methods": method_rec, "ce": ce_w, "epochs": epochs, **optim.as_dict(), **opts.as_dict()}
+        metrics = {k: summary[k] for k in ("best_epoch", "val_top1", "images_per_sec", "peak_memory_mb")}
+        hist = student_r.history + [history_entry(
+            "distill", options, [teacher_r.parent(), student_r.parent()], metrics, wall, s.ds.info.name,
+            from_warmup=from_warmup, teacher=spec_name(teacher_r.spec), curve=res.history, device=rt.describe())]
+        summary["sha256"] = write_model(out, res.best_state, student_r.spec, hist, {"dataset": s.ds.info.as_dict()})
+        progress.info(f"wrote {out if out != '-' else 'stdout'} (best epoch {res.best_epoch}, "
+                      f"val top-1 {summary['val_top1']})")
+    return summary
