@@ -12,7 +12,7 @@ summed (convs/linears whose output filters are the channel), never the consumers
 Two modes:
 * `probe` (the reference behaviour): the checkpoint holds the FULL teacher plus the kept indices
   (`keep/<tap>` extras); warmup targets are the real eval-mode teacher activations restricted to the
-  kept channels (`probe_targets`).
+  kept channels (computed by `flow.FlowPair.targets`).
 * `chained`: a structurally pruned teacher that runs on its own. The spec carries a replayable plan
   (`structural_prune`), so `models.build_model(spec)` rebuilds the original architecture and prunes
   it again with the same indices (`apply_structural_plan`); the pruned state dict then loads strictly.
@@ -450,31 +450,6 @@ def chained_model(model: nn.Module, spec: dict[str, Any], plans: Sequence[TapPla
 def pruned_pairs(pruning_info: dict[str, Any]) -> list[tuple[str, str]]:
     """(teacher_tap, student_tap) pairs of a pruned-teacher checkpoint (ckpt.info["pruning"])."""
     return [(p["teacher_tap"], p["student_tap"]) for p in pruning_info["pairs"]]
-
-
-def probe_targets(taps_out: dict[str, torch.Tensor], pruning_info: dict[str, Any],
-                  extras: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Warmup targets, one per pair in order: the teacher's tap activation at the kept channels.
-
-    `taps_out` holds the (eval-mode) teacher's activations by tap name, e.g. TapSet.out; in probe
-    mode they are the full teacher's and are index-selected on dim 1 with `extras["keep/<tap>"]`; in
-    chained mode the pruned teacher already produces exactly the kept channels and they pass through.
-    """
-    out = []
-    for p in pruning_info["pairs"]:
-        t = p["teacher_tap"]
-        if t not in taps_out:
-            raise BadInput(f"no activation captured for teacher tap '{t}'")
-        a = taps_out[t]
-        c = int(a.shape[1])
-        if c == int(p["before"]) and c != int(p["kept"]):
-            keep = extras[KEEP_PREFIX + t].to(a.device)
-            a = a.index_select(1, keep)
-        elif c != int(p["kept"]):
-            raise BadInput(f"teacher tap '{t}' has {c} channels; the pruning record expects {p['before']} "
-                           f"(full) or {p['kept']} (kept)")
-        out.append(a)
-    return out
 
 
 # ----------------------------------------------------------------------------- the command

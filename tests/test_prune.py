@@ -23,6 +23,7 @@ from indistill_cli.checkpoint import load_checkpoint
 from indistill_cli.cli import app
 from indistill_cli.common import write_model
 from indistill_cli.errors import BadInput
+from indistill_cli.flow import FlowPair, pairs_from_teacher
 from indistill_cli.models import make_spec, model_from_checkpoint
 from indistill_cli.taps import TapSet
 
@@ -280,15 +281,17 @@ def test_probe_targets_are_the_teachers_activations_at_kept_channels(cnn3_teache
         ck = load_checkpoint(out, role="pruned-teacher")
         full, _ = _teacher_model(teacher_path)
         model = model_from_checkpoint(ck).eval()  # what warmup loads: the full teacher
-        taps = [t for t, _ in P.pruned_pairs(ck.info["pruning"])]
+        pairs = pairs_from_teacher(ck, ck.info["pruning"]["student_spec"])
+        taps = [p.teacher_tap for p in pairs]
         x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(3))
-        with torch.no_grad(), TapSet(model, taps) as ts, TapSet(full, taps) as ref:
-            ts.forward(x)
+        flow = FlowPair(model, nn.Identity(), pairs)  # the warmup's target path
+        targets = flow.targets(x, len(pairs) - 1)
+        with torch.no_grad(), TapSet(full, taps) as ref:
             ref.forward(x)
-            targets = P.probe_targets(ts.out, ck.info["pruning"], ck.extras)
         assert len(targets) == len(taps)
         for tap, tgt in zip(taps, targets):
             keep = ck.extras[f"keep/{tap}"]
+            assert not tgt.requires_grad
             assert torch.equal(tgt, ref.out[tap][:, keep])
 
 
