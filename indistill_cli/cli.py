@@ -226,6 +226,10 @@ def evaluate(
     model: Annotated[str, typer.Argument(help="Checkpoint to evaluate (or - for stdin).")],
     data: Data = "fashion-mnist-mini",
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", help="(Pruned) teacher: adds per-tap MSE "
+                                                   "to its targets and prediction agreement.")] = None,
+    flow_images: Annotated[int, typer.Option(help="Images used for the --teacher flow view.")] = 2000,
+    plot: Annotated[Optional[str], typer.Option(help="PNG of the per-tap MSE (with --teacher).")] = None,
     batch_size: EvalBatch = 256,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -237,16 +241,21 @@ def evaluate(
 ) -> None:
     """Top-1 / top-5 accuracy, loss and per-class accuracy of a checkpoint on a split.
 
-    Example:
+    With --teacher, also the information-flow view: per paired tap, the MSE between the (pruned)
+    teacher's target and the student's feature map, and teacher-student agreement.
+
+    Examples:
 
         indistill evaluate cnn3.safetensors --data fashion-mnist-mini --json
+
+        indistill evaluate student.safetensors --teacher t_pruned.safetensors --split val --plot flow.png
     """
     def body() -> Any:
         from indistill_cli.evaluate import run_evaluate
 
         opts = _run_opts(data=data, data_root=data_root, val_fraction=val_fraction, image_size=image_size,
                          eval_batch_size=batch_size, device=device, precision=precision)
-        return run_evaluate(model, split, opts)
+        return run_evaluate(model, split, opts, teacher=teacher, flow_images=flow_images, plot=plot)
 
     _run(body, json_out, quiet)
 

@@ -41,8 +41,28 @@ def plot_flow(curves: dict[str, list[float]], path: str | Path, title: str,
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    _save(fig, plt, path)
+
+
+def _save(fig: Any, plt: Any, path: str | Path) -> None:
+    """Atomic PNG write (temp name, then rename)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
+
+
+def plot_tap_bars(values: dict[str, float], path: str | Path, title: str) -> None:
+    """One bar per paired tap (log scale): the student's MSE to the teacher's target."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    names = list(values)
+    ax.bar(range(len(names)), [values[n] for n in names], color="#4c72b0")
+    ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("MSE")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    _save(fig, plt, path)
