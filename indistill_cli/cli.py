@@ -17,7 +17,10 @@ app = typer.Typer(
     help="InDistill: information flow-preserving knowledge distillation.\n\n"
          "Typical chain: `train` a teacher, `prune` it to the student's widths, `warmup` the student "
          "layer by layer, `distill`, then `evaluate` / `retrieve`. Checkpoints are safetensors; `-` "
-         "streams one through stdin/stdout.",
+         "streams one through stdin/stdout.\n\n"
+         "Example:\n\n"
+         "    indistill train cnn3 --data fashion-mnist-mini --epochs 2 -o cnn3.safetensors\n\n"
+         "    indistill evaluate cnn3.safetensors --data fashion-mnist-mini",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -484,6 +487,76 @@ def retrieve(
                          eval_batch_size=batch_size, device=device, precision=precision)
         return run_retrieve(model, opts, tap, database, queries, metric, map_mode, k or [100], export, index,
                             query, top_k, chunk_size, force)
+
+    _run(body, json_out, quiet)
+
+
+@app.command()
+def pipeline(
+    teacher: Annotated[str, typer.Option("--teacher", "-t", help="Teacher checkpoint, or an architecture name to "
+                                                                 "train first.")],
+    student: Annotated[str, typer.Option("--student", "-s", help="Student architecture (e.g. cnn3-w0.5).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder for every checkpoint, the manifest and plots.")],
+    data: Data = "fashion-mnist-mini",
+    teacher_epochs: Annotated[int, typer.Option(help="Epochs when the teacher is trained here.")] = 30,
+    aux: Annotated[Optional[str], typer.Option(help="Auxiliary teacher architecture for large gaps (e.g. cnn3): "
+                                                    "CE-trained, then PKT from the teacher.")] = None,
+    aux_epochs: Annotated[int, typer.Option(help="Epochs of each auxiliary stage.")] = 20,
+    criterion: Annotated[str, typer.Option(help="Pruning criterion: l1, l2, bn-scale, activation.")] = "l1",
+    prune_mode: Annotated[str, typer.Option(help="probe (reference) or chained.")] = "probe",
+    a: Annotated[float, typer.Option("--a", help="Curriculum: tap l trains round(a + b*l) epochs.")] = 2.0,
+    b: Annotated[float, typer.Option("--b", help="Curriculum slope.")] = 1.0,
+    epochs_per_tap: Annotated[Optional[str], typer.Option(help="Explicit warmup epochs per tap, e.g. 3,4,5.")] = None,
+    method: Annotated[Optional[list[str]], typer.Option("--method", "-m", help="KD method[:weight] for the final "
+                                                                             "stage, repeatable.")] = None,
+    param: Annotated[Optional[list[str]], typer.Option(help="Method hyper-parameter, e.g. kd.temperature=2.")] = None,
+    ce: Annotated[Optional[float], typer.Option(help="CE weight in distill (default: the method's recipe).")] = None,
+    epochs: Epochs = 30,
+    warmup_stage: Annotated[bool, typer.Option("--warmup/--no-warmup", help="--no-warmup: the same chain without "
+                                                                            "InDistill, for comparison.")] = True,
+    retrieval: Annotated[bool, typer.Option("--retrieve/--no-retrieve", help="Retrieval evaluation at the end.")] = True,
+    resume: Annotated[bool, typer.Option(help="Skip stages whose outputs exist and match.")] = False,
+    batch_size: BatchSize = 128,
+    optimizer: Optimizer = "sgd",
+    lr: Annotated[float, typer.Option(help="Learning rate of the teacher and distill stages.")] = 0.05,
+    weight_decay: WeightDecay = 5e-4,
+    schedule: Schedule = "cosine",
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    channels_last: ChannelsLast = "auto",
+    augment: Augment = True,
+    deterministic: Deterministic = False,
+    val_fraction: ValFraction = 0.1,
+    data_root: DataRoot = None,
+    image_size: ImageSize = None,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """The whole chain in one resumable command: [train teacher] -> [auxiliary] -> prune -> warmup -> distill -> evaluate -> retrieve.
+
+    Each stage is the standalone command with the same options; outputs go to one folder.
+
+    Examples:
+
+        indistill pipeline -t resnet20 -s cnn3-w0.5 --data fashion-mnist-mini --teacher-epochs 8 --epochs 15 -o runs/ind
+
+        indistill pipeline -t teacher.safetensors -s cnn3-w0.5 --no-warmup -o runs/baseline
+
+        indistill pipeline -t preact_resnet18 -s cnn3-w0.5 --aux cnn3 -m pkt --ce 0 --data cifar10 -o runs/paper --resume
+    """
+    def body() -> Any:
+        from indistill_cli.pipeline import PipelineConfig, run_pipeline
+
+        opts = _run_opts(data=data, data_root=data_root, val_fraction=val_fraction, image_size=image_size,
+                         batch_size=batch_size, seed=seed, device=device, precision=precision,
+                         channels_last=channels_last, augment=augment, deterministic=deterministic)
+        main_optim = _optim(optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule)
+        cfg = PipelineConfig(teacher, student, out, opts, teacher_epochs, main_optim, aux, aux_epochs,
+                             criterion=criterion, prune_mode=prune_mode, a=a, b=b, epochs_per_tap=epochs_per_tap,
+                             methods=method or ["kd"], params=param or [], ce=ce, distill_epochs=epochs,
+                             distill_optim=main_optim, warmup=warmup_stage, retrieve=retrieval, resume=resume)
+        return run_pipeline(cfg)
 
     _run(body, json_out, quiet)
 

@@ -1,0 +1,257 @@
+"""`indistill pipeline`: the whole InDistill chain as one resumable command.
+
+Stages (each is exactly the standalone command's function with the same options, so a pipeline's
+student equals the one the separate commands give with the same seed):
+  teacher (train, when given a name) -> [auxiliary: train + PKT from the teacher] -> prune -> warmup
+  -> distill -> evaluate -> retrieve.
+Every output lands in one folder with a manifest; `--resume` skips a stage whose output exists and
+whose options and parent checkpoints are unchanged, so an interrupted run redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from indistill_cli import progress
+from indistill_cli.checkpoint import atomic_write, looks_like_checkpoint
+from indistill_cli.engine import OptimConfig
+from indistill_cli.errors import BadInput
+from indistill_cli.session import RunOptions
+
+MANIFEST = "pipeline.json"
+
+
+@dataclass
+class PipelineConfig:
+    teacher: str
+    student: str
+    out_dir: str
+    opts: RunOptions
+    teacher_epochs: int = 30
+    teacher_optim: OptimConfig = field(default_factory=OptimConfig)
+    aux: str | None = None
+    aux_epochs: int = 20
+    aux_optim: OptimConfig = field(default_factory=lambda: OptimConfig("adam", 1e-3, weight_decay=0.0, schedule="none"))
+    criterion: str = "l1"
+    prune_mode: str = "probe"
+    a: float = 2.0
+    b: float = 1.0
+    epochs_per_tap: str | None = None
+    warmup_optim: OptimConfig = field(default_factory=lambda: OptimConfig("adam", 1e-3, weight_decay=0.0, schedule="none"))
+    methods: list[str] = field(default_factory=lambda: ["kd"])
+    params: list[str] = field(default_factory=list)
+    ce: float | None = None
+    distill_epochs: int = 30
+    distill_optim: OptimConfig = field(default_factory=OptimConfig)
+    warmup: bool = True
+    retrieve: bool = True
+    resume: bool = False
+
+
+@dataclass
+class Stage:
+    name: str
+    output: str  # file name inside out_dir
+    epochs: int
+    options: dict[str, Any]
+    parents: list[str]  # file names (inside out_dir) or external paths this stage reads
+    run: Callable[[], dict[str, Any]]
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_sha(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def plan(cfg: PipelineConfig) -> list[Stage]:
+    """The stages to run, in order, each bound to its standalone function."""
+    from indistill_cli.distill import run_distill
+    from indistill_cli.evaluate import run_evaluate
+    from indistill_cli.prune import run_prune
+    from indistill_cli.retrieve import run_retrieve
+    from indistill_cli.train import run_train
+    from indistill_cli.warmup import run_warmup
+
+    d = Path(cfg.out_dir)
+    p = lambda name: str(d / name)  # noqa: E731
+    o = cfg.opts
+    stages: list[Stage] = []
+    if looks_like_checkpoint(cfg.teacher):
+        if cfg.teacher == "-":
+            raise BadInput("pipeline --teacher cannot be '-': give a checkpoint file or an architecture name")
+        teacher = cfg.teacher
+    else:
+        teacher = p("teacher.safetensors")
+        stages.append(Stage("teacher", "teacher.safetensors", cfg.teacher_epochs,
+                            {"arch": cfg.teacher, "epochs": cfg.teacher_epochs, **cfg.teacher_optim.as_dict()}, [],
+                            lambda: run_train(cfg.teacher, teacher, cfg.teacher_epochs, cfg.teacher_optim, o,
+                                              force=True)))
+    source = teacher  # the model the student learns from (the auxiliary when there is one)
+    if cfg.aux:
+        aux_ce, aux = p("aux_ce.safetensors"), p("aux.safetensors")
+        stages.append(Stage("aux-train", "aux_ce.safetensors", cfg.aux_epochs,
+                            {"arch": cfg.aux, "epochs": cfg.aux_epochs, **cfg.teacher_optim.as_dict()}, [],
+                            lambda: run_train(cfg.aux, aux_ce, cfg.aux_epochs, cfg.teacher_optim, o, force=True)))
+        stages.append(Stage("aux-pkt", "aux.safetensors", cfg.aux_epochs,
+                            {"method": "pkt", "ce": 0.0, "epochs": cfg.aux_epochs, **cfg.aux_optim.as_dict()},
+                            [teacher, aux_ce],
+                            lambda: run_distill(teacher, aux_ce, aux, ["pkt"], [], 0.0, [], None, cfg.aux_epochs,
+                                                cfg.aux_optim, o, force=True)))
+        source = aux
+    student_in = cfg.student
+    if cfg.warmup:
+        pruned, warm = p("teacher_pruned.safetensors"), p("student_warm.safetensors")
+        stages.append(Stage("prune", "teacher_pruned.safetensors", 0,
+                            {"like": cfg.student, "criterion": cfg.criterion, "mode": cfg.prune_mode}, [source],
+                            lambda: run_prune(source, cfg.student, pruned, o, cfg.criterion, cfg.prune_mode,
+                                              data_given=True, force=True)))
+        from indistill_cli.curriculum import epochs_per_tap
+
+        stages.append(Stage("warmup", "student_warm.safetensors", -1,
+                            {"student": cfg.student, "a": cfg.a, "b": cfg.b, "epochs_per_tap": cfg.epochs_per_tap,
+                             **cfg.warmup_optim.as_dict()}, [pruned],
+                            lambda: run_warmup(pruned, cfg.student, warm, cfg.warmup_optim, o, cfg.a, cfg.b,
+                                               cfg.epochs_per_tap, plot=p("flow.png"), force=True)))
+        student_in = warm
+    final = p("student.safetensors")
+    stages.append(Stage("distill", "student.safetensors", cfg.distill_epochs,
+                        {"student": cfg.student, "methods": cfg.methods, "params": cfg.params, "ce": cfg.ce,
+                         "epochs": cfg.distill_epochs, **cfg.distill_optim.as_dict()}, [source, student_in],
+                        lambda: run_distill(source, student_in, final, cfg.methods, cfg.params, cfg.ce, [], None,
+                                            cfg.distill_epochs, cfg.distill_optim, o, force=True)))
+    eval_opts = RunOptions(**{**o.as_dict(), "augment": False})
+    stages.append(Stage("evaluate", "evaluate.json", 0, {"split": "test"}, [final],
+                        lambda: run_evaluate(final, "test", eval_opts, teacher=p("teacher_pruned.safetensors")
+                                             if cfg.warmup else None)))
+    if cfg.retrieve:
+        ret_opts = RunOptions(**{**o.as_dict(), "val_fraction": 0.0})
+        stages.append(Stage("retrieve", "retrieve.json", 0, {"metric": "both", "k": [100]}, [final],
+                            lambda: run_retrieve(final, ret_opts, None, "train", "test", "both", "exact", [100],
+                                                 None, None, None, 10, None)))
+    common = {"data": o.data, "seed": o.seed, "val_fraction": o.val_fraction, "batch_size": o.batch_size,
+              "augment": o.augment, "precision": o.precision}
+    for s in stages:
+        s.options = {**s.options, **common}
+    return stages
+
+
+def estimate(cfg: PipelineConfig, stages: list[Stage]) -> dict[str, float]:
+    """Seconds per training stage from a 3-step timing of each model on this machine (rough, +-50%)."""
+    import torch
+
+    from indistill_cli.checkpoint import load_checkpoint
+    from indistill_cli.curriculum import epochs_per_tap
+    from indistill_cli.data import load_dataset
+    from indistill_cli.models import build_model, make_spec
+
+    ds = load_dataset(cfg.opts.data, cfg.opts.val_fraction, cfg.opts.data_root, cfg.opts.image_size)
+    info, n = ds.info, len(ds.train)
+    shape = (info.in_channels, *info.image_size)
+
+    def model_of(name: str) -> Any:
+        if looks_like_checkpoint(name):
+            return build_model(load_checkpoint(name).spec)
+        return make_spec(name, info.in_channels, info.num_classes, info.image_size)[1]
+
+    def ips(model: Any, train: bool = True) -> float:
+        bs = min(cfg.opts.batch_size, 64)
+        x = torch.randn(bs, model_in(model), *shape[1:])
+        model.train(train)
+        times = []
+        for i in range(4):
+            t = time.perf_counter()
+            if train:
+                model(x).sum().backward()
+            else:
+                with torch.no_grad():
+                    model(x)
+            times.append(time.perf_counter() - t)
+        return bs / max(min(times[1:]), 1e-6)
+
+    def model_in(model: Any) -> int:
+        conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        return conv.in_channels if conv is not None else shape[0]
+
+    t_model, s_model = model_of(cfg.teacher), model_of(cfg.student)
+    s_ips, t_inf = ips(s_model), ips(t_model, train=False)
+    out: dict[str, float] = {}
+    for st in stages:
+        if st.name == "teacher":
+            out[st.name] = st.epochs * n / ips(t_model)
+        elif st.name in ("aux-train", "aux-pkt") and cfg.aux:
+            a_ips = ips(model_of(cfg.aux))
+            out[st.name] = st.epochs * n * (1 / a_ips + (1 / t_inf if st.name == "aux-pkt" else 0))
+        elif st.name == "warmup":
+            taps = len(make_spec(cfg.student, info.in_channels, info.num_classes, info.image_size)[0]["taps"]) \
+                if not looks_like_checkpoint(cfg.student) else len(load_checkpoint(cfg.student).spec["taps"])
+            st.epochs = sum(epochs_per_tap(taps, cfg.a, cfg.b, cfg.epochs_per_tap))
+            out[st.name] = st.epochs * n * (1 / s_ips + 1 / t_inf)
+        elif st.name == "distill":
+            out[st.name] = st.epochs * n * (1 / s_ips + 1 / t_inf)
+    return out
+
+
+def _load_manifest(d: Path) -> dict[str, Any]:
+    try:
+        return json.loads((d / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"stages": {}}
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    d = Path(cfg.out_dir)
+    if d.exists() and not d.is_dir():
+        raise BadInput(f"--out {d}: exists and is not a folder")
+    if d.exists() and any(d.iterdir()) and not cfg.resume and (d / MANIFEST).exists():
+        raise BadInput(f"--out {d}: holds an earlier pipeline; pass --resume to continue it or choose another folder")
+    d.mkdir(parents=True, exist_ok=True)
+    stages = plan(cfg)
+    manifest = _load_manifest(d) if cfg.resume else {"stages": {}}
+    est = estimate(cfg, stages)
+    rows = [[i + 1, s.name, s.output, s.epochs, f"{est[s.name] / 60:.1f} min" if s.name in est else "< 1 min"]
+            for i, s in enumerate(stages)]
+    progress.table(f"pipeline: {cfg.teacher} -> {cfg.student} on {cfg.opts.data}"
+                   f"{'' if cfg.warmup else ' (no InDistill warmup)'} -> {d}/  (estimated {sum(est.values()) / 60:.1f} "
+                   f"min on this machine)", ["#", "stage", "output", "epochs", "estimate"], rows)
+    results: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for i, s in enumerate(stages):
+        out = d / s.output
+        parents = {pp: _file_sha(Path(pp)) for pp in s.parents}
+        key = _digest({"options": s.options, "parents": parents})
+        rec = manifest["stages"].get(s.name)
+        if cfg.resume and rec and rec.get("key") == key and out.exists() and rec.get("sha256") == _file_sha(out):
+            progress.info(f"[bold]stage {i + 1}/{len(stages)} {s.name}[/bold]: up to date, skipped")
+            results[s.name] = rec.get("summary", {})
+            continue
+        progress.console.rule(f"stage {i + 1}/{len(stages)}: {s.name}")
+        ts = time.perf_counter()
+        summary = s.run()
+        if s.output.endswith(".json"):
+            atomic_write(out, (json.dumps(summary, indent=1, default=str) + "\n").encode())
+        small = {k: v for k, v in summary.items() if k not in ("epochs", "curves", "per_class")}
+        manifest["stages"][s.name] = {"key": key, "sha256": _file_sha(out), "output": s.output,
+                                      "wall_s": round(time.perf_counter() - ts, 2), "summary": small}
+        atomic_write(d / MANIFEST, json.dumps(manifest, indent=1, default=str).encode())
+        results[s.name] = small
+    final = _final_table(results)
+    return {"out_dir": str(d), "stages": [s.name for s in stages], "estimate_s": est, "results": results, "final": final,
+            "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def _final_table(results: dict[str, Any]) -> dict[str, Any]:
+    ev, rt = results.get("evaluate", {}), results.get("retrieve", {})
+    mets = rt.get("metrics", {})
+    final = {"top1": ev.get("top1"), "top5": ev.get("top5"),
+             "map_cosine": mets.get("cosine", {}).get("map"), "map_euclidean": mets.get("euclidean", {}).get("map"),
+             "p@100_cosine": mets.get("cosine", {}).get("precision@100")}
+    progress.table("final student (test split)", ["metric", "value"], [[k, v] for k, v in final.items() if v is not None])
+    return final
