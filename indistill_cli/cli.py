@@ -391,6 +391,8 @@ def distill(
                                                               "(pkt, rkd, crd); default: the embeddings.")] = None,
     adapters: Annotated[Optional[str], typer.Option(help="Sidecar for trained adapters (default "
                                                          "OUT.adapters.safetensors).")] = None,
+    flow_teacher: Annotated[Optional[str], typer.Option(help="Pruned teacher: record the per-tap MSE to its "
+                                                             "targets every epoch (information flow).")] = None,
     data: Data = "fashion-mnist-mini",
     epochs: Epochs = 30,
     batch_size: BatchSize = 128,
@@ -435,7 +437,7 @@ def distill(
         optim = _optim(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
                        schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs)
         return run_distill(teacher, student, output, method, param or [], ce, tap or [], embedding_tap, epochs,
-                           optim, opts, adapters, force)
+                           optim, opts, adapters, force, flow_teacher)
 
     _run(body, json_out, quiet)
 

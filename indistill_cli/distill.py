@@ -149,7 +149,7 @@ def save_adapters(path: str, distiller: Distiller) -> None:
 def run_distill(teacher_arg: str, student_arg: str, out: str, methods: list[str], params: list[str],
                 ce: float | None, tap_pairs: list[str], embedding_pair: str | None, epochs: int,
                 optim: OptimConfig, opts: RunOptions, adapters: str | None = None,
-                force: bool = False) -> dict[str, Any]:
+                force: bool = False, flow_teacher: str | None = None, flow_images: int = 1000) -> dict[str, Any]:
     check_output(out, force)
     t0 = time.perf_counter()
     specs = parse_methods(methods, params)
@@ -195,11 +195,29 @@ def run_distill(teacher_arg: str, student_arg: str, out: str, methods: list[str]
     def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
         return distiller(batch.x, batch.y, batch.idx, epoch, teacher, net)
 
+    flow, fixed, curves = None, [], {}
+    if flow_teacher:  # the paper's Figure 4: per-tap MSE to the pruned teacher's targets, every epoch
+        from indistill_cli.checkpoint import load_checkpoint
+        from indistill_cli.flow import FlowPair, flow_mse, pairs_from_teacher
+        from indistill_cli.models import model_from_checkpoint
+        from indistill_cli.warmup import fixed_batches
+
+        fck = load_checkpoint(flow_teacher)
+        pairs = pairs_from_teacher(fck, student_r.spec)
+        flow = FlowPair(model_from_checkpoint(fck).to(rt.device).eval(), student, pairs)
+        fixed = fixed_batches(s, student_r.spec, flow_images)
+        curves = {p.student_tap: [v] for p, v in zip(pairs, flow_mse(flow, fixed))}
+
     def validate(epoch: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if flow is not None:
+            for p, v in zip(flow.pairs, flow_mse(flow, fixed)):
+                curves[p.student_tap].append(v)
+                out[f"val_mse_{p.student_tap}"] = v
         if val_loader is None:
-            return {}
+            return out
         r = classify(student, val_loader, rt, s.ds.info.num_classes)
-        return {"val_loss": r["loss"], "val_top1": r["top1"]}
+        return {"val_loss": r["loss"], "val_top1": r["top1"], **out}
 
     engine = Engine(rt, optim, epochs, select="val_top1" if val_loader else None,
                     label=f"distill {student_r.name}")
@@ -213,6 +231,8 @@ def run_distill(teacher_arg: str, student_arg: str, out: str, methods: list[str]
                "methods": method_rec, "ce": ce_w, "from_warmup": from_warmup, "best_epoch": res.best_epoch,
                "val_top1": best.get("val_top1"), "images_per_sec": round(res.images_per_sec, 1),
                "peak_memory_mb": round(res.peak_memory_mb, 1), "wall_s": round(wall, 2), "epochs": res.history}
+    if curves:
+        summary["curves"] = curves
     if rt.is_main:
         has_state = any(len(l.state_dict()) or l.extra_state_tensors() for l in distiller.losses)
         if adapters is None and has_state and out != "-":
