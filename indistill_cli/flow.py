@@ -106,7 +106,9 @@ class FlowPair:
 
 def mse(student_map: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error over batch and all feature elements, after matching spatial size."""
-    s, t = match_spatial(student_map.float(), target)
+    s, t = match_spatial(student_map.float(), target.float())
+    if s.shape != t.shape:
+        raise ValueError(f"tap shapes differ beyond spatial size: {tuple(s.shape)} vs {tuple(t.shape)}")
     return F.mse_loss(s, t)
 
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics: top-k accuracy, retrieval mAP / P@k / R@k, nearest neighbours, tap MSE.
+"""Evaluation metrics: top-k accuracy, retrieval mAP / P@k / R@k, nearest neighbours.
 
 Retrieval follows the InDistill paper's protocol: every query is ranked against the whole
 database and an item is relevant when it has the query's label.
@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -40,14 +39,13 @@ __all__ = [
     "topk_correct",
     "retrieval_metrics",
     "nearest",
-    "per_tap_mse",
 ]
 
 METRICS = ("cosine", "euclidean")
 MAP_MODES = ("exact", "11pt")
 
-# Memory for one chunk's (chunk x database) float64 key matrix when chunk_size is None;
-# sorting holds the keys, sorted keys and int64 order at once, so the peak is about 3x.
+# Memory for one chunk's (chunk x database) float64 key matrix when chunk_size is None.
+# Sorting holds keys, sorted keys, int64 order and sort scratch at once: ~4x this at peak.
 _CHUNK_BYTES = 256 * 2**20
 # Largest number of query rows per matrix product; every product uses one fixed shape.
 _MAX_MM_BLOCK = 64
@@ -106,7 +104,7 @@ def retrieval_metrics(
 
     Queries are processed ``chunk_size`` at a time so only a (chunk x B) matrix ever exists;
     ``None`` picks the chunk so that its float64 key matrix is about 256 MB (peak working
-    memory is about three times that). ``device`` (e.g. ``"cuda"``) is where the database
+    memory is about four times that). ``device`` (e.g. ``"cuda"``) is where the database
     lives and chunks are computed; it defaults to the database's device.
     ``progress(done, total)`` is called after each chunk.
     """
@@ -155,7 +153,8 @@ def nearest(
     queries = query.unsqueeze(0) if single else query
     if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
         raise ValueError(
-            f"expected query (D,) or (Q, D) and database (B, D), got {tuple(query.shape)} and {tuple(database.shape)}"
+            "expected query (D,) or (Q, D) and database (B, D), "
+            f"got {tuple(query.shape)} and {tuple(database.shape)}"
         )
     _check_metric(metric)
     if database.shape[0] == 0:
@@ -177,19 +176,6 @@ def nearest(
     idx = torch.cat(indices) if indices else torch.empty(0, k, dtype=torch.long)
     dist = torch.cat(distances) if distances else torch.empty(0, k, dtype=torch.float64)
     return (idx[0], dist[0]) if single else (idx, dist)
-
-
-@torch.no_grad()
-def per_tap_mse(student_maps: Sequence[Tensor], teacher_maps: Sequence[Tensor]) -> list[float]:
-    """Mean squared error between each student/teacher feature-map pair (a distillation tap).
-
-    When spatial sizes differ, each map is adaptive-average-pooled down to the smaller size
-    along every spatial dimension, so taps at different resolutions stay comparable without
-    inventing detail by upsampling. Channels (and batch) must already match.
-    """
-    if len(student_maps) != len(teacher_maps):
-        raise ValueError(f"got {len(student_maps)} student maps but {len(teacher_maps)} teacher maps")
-    return [_pair_mse(s, t) for s, t in zip(student_maps, teacher_maps)]
 
 
 # --------------------------------------------------------------------------- validation
@@ -215,7 +201,8 @@ def _check_retrieval_inputs(
         raise ValueError(f"unknown map_mode {map_mode!r}; expected one of {MAP_MODES}")
     if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
         raise ValueError(
-            f"expected queries (Q, D) and database (B, D), got {tuple(queries.shape)} and {tuple(database.shape)}"
+            "expected queries (Q, D) and database (B, D), "
+            f"got {tuple(queries.shape)} and {tuple(database.shape)}"
         )
     if q_labels.shape != (queries.shape[0],) or db_labels.shape != (database.shape[0],):
         raise ValueError("labels must be 1-D with one entry per query / database item")
@@ -355,7 +342,9 @@ def _average_precision(precisions: Tensor, num_relevant: Tensor, map_mode: str) 
     return suffix_max.gather(1, first - 1).mean(dim=1)
 
 
-def _summarise(ap: Tensor, hits: dict[int, Tensor], num_relevant: Tensor, num_db: int) -> dict[str, float | int]:
+def _summarise(
+    ap: Tensor, hits: dict[int, Tensor], num_relevant: Tensor, num_db: int
+) -> dict[str, float | int]:
     """Average per-query values once, at the end, so chunking cannot change the sums."""
     valid = num_relevant > 0
     num_valid = int(valid.sum())
@@ -369,27 +358,3 @@ def _summarise(ap: Tensor, hits: dict[int, Tensor], num_relevant: Tensor, num_db
     result["num_database"] = int(num_db)
     result["queries_without_relevant"] = int(num_relevant.shape[0] - num_valid)
     return result
-
-
-# --------------------------------------------------------------------------- tap MSE
-
-
-def _pair_mse(student: Tensor, teacher: Tensor) -> float:
-    if student.shape[:2] != teacher.shape[:2] or student.ndim != teacher.ndim:
-        raise ValueError(
-            f"tap shapes differ beyond spatial size: {tuple(student.shape)} vs {tuple(teacher.shape)}"
-        )
-    target = tuple(min(a, b) for a, b in zip(student.shape[2:], teacher.shape[2:]))
-    s, t = _pool_to(student.float(), target), _pool_to(teacher.float(), target)
-    return float(F.mse_loss(s, t.to(s.device)))
-
-
-def _pool_to(x: Tensor, size: tuple[int, ...]) -> Tensor:
-    """Adaptive-average-pool x's spatial dims (1-3 of them) down to size; no-op if equal."""
-    if tuple(x.shape[2:]) == size:
-        return x
-    pools = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
-    if len(size) not in pools:
-        raise ValueError(f"cannot pool a map with {len(size)} spatial dims")
-    return pools[len(size)](x, size)
-
