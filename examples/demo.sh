@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The InDistill demo (`make demo`): train a teacher, then a student three ways with the same
-# total epoch budget -- CE alone, KD alone, InDistill warmup + KD -- and compare them.
-# Runs on the embedded Fashion-MNIST subset in a few minutes on 2 CPU cores.
+# The InDistill demo (`make demo`): train a teacher once, then a student three ways with the same
+# total epoch budget -- CE alone, KD alone, InDistill warmup + KD -- and compare top-1 and retrieval.
+# Uses the embedded Fashion-MNIST subset (DATA=fashion-mnist uses the full set when a local copy
+# exists); a few minutes on 2 CPU cores. Everything lands in demo-out/.
 set -euo pipefail
 
 OUT=${OUT:-demo-out}
@@ -9,44 +10,41 @@ DATA=${DATA:-fashion-mnist-mini}
 TEACHER=${TEACHER:-resnet20}
 STUDENT=${STUDENT:-cnn3-w0.5}
 T_EPOCHS=${T_EPOCHS:-8}
-S_EPOCHS=${S_EPOCHS:-27}          # total student budget, warmup included
-CURRICULUM=${CURRICULUM:-3,4,5}   # S_l = 2 + l: the reference schedule (12 epochs)
+S_EPOCHS=${S_EPOCHS:-24}          # every student's total budget, warmup included
+CURRICULUM=${CURRICULUM:-3,4,5}   # epochs per tap, S_l = 2 + l: the reference schedule
 SEED=${SEED:-0}
 WARM=$(( ${CURRICULUM//,/+} ))
-KD_AFTER=$(( S_EPOCHS - WARM ))
-mkdir -p "$OUT"
-common=(--data "$DATA" --seed "$SEED" --force)
+rm -rf "$OUT" && mkdir -p "$OUT"
+common=(--data "$DATA" --seed "$SEED")
 
-echo "== 1/6 teacher: $TEACHER, $T_EPOCHS epochs (CE)" >&2
-indistill train "$TEACHER" "${common[@]}" --epochs "$T_EPOCHS" -o "$OUT/teacher.safetensors"
+echo "== 1/4 teacher: $TEACHER, $T_EPOCHS epochs of CE" >&2
+indistill train "$TEACHER" "${common[@]}" --epochs "$T_EPOCHS" --no-last -o "$OUT/teacher.safetensors"
 
-echo "== 2/6 student alone: $STUDENT, $S_EPOCHS epochs (CE)" >&2
-indistill train "$STUDENT" "${common[@]}" --epochs "$S_EPOCHS" -o "$OUT/student_ce.safetensors"
+echo "== 2/4 student alone: $STUDENT, $S_EPOCHS epochs of CE" >&2
+indistill train "$STUDENT" "${common[@]}" --epochs "$S_EPOCHS" --no-last -o "$OUT/student_ce.safetensors"
+indistill evaluate "$OUT/student_ce.safetensors" --data "$DATA" --json -q > "$OUT/student_ce.evaluate.json"
+indistill retrieve "$OUT/student_ce.safetensors" --data "$DATA" --json -q > "$OUT/student_ce.retrieve.json"
 
-echo "== 3/6 student by KD: $S_EPOCHS epochs" >&2
-indistill distill -t "$OUT/teacher.safetensors" -s "$STUDENT" -m kd "${common[@]}" --epochs "$S_EPOCHS" \
-  -o "$OUT/student_kd.safetensors"
+echo "== 3/4 KD alone: $S_EPOCHS epochs (pipeline --no-warmup)" >&2
+indistill pipeline -t "$OUT/teacher.safetensors" -s "$STUDENT" "${common[@]}" -m kd --epochs "$S_EPOCHS" \
+  --no-warmup -o "$OUT/kd" --json > "$OUT/kd.json"
 
-echo "== 4/6 prune the teacher to the student's widths (L1 filter norms)" >&2
-indistill prune "$OUT/teacher.safetensors" --like "$STUDENT" --data "$DATA" --force -o "$OUT/teacher_pruned.safetensors"
+echo "== 4/4 InDistill + KD: prune, warmup $CURRICULUM ($WARM epochs), then $(( S_EPOCHS - WARM )) epochs of KD" >&2
+indistill pipeline -t "$OUT/teacher.safetensors" -s "$STUDENT" "${common[@]}" -m kd --epochs "$(( S_EPOCHS - WARM ))" \
+  --epochs-per-tap "$CURRICULUM" -o "$OUT/indistill" --json > "$OUT/indistill.json"
 
-echo "== 5/6 InDistill warmup: epochs per tap $CURRICULUM" >&2
-indistill warmup -t "$OUT/teacher_pruned.safetensors" -s "$STUDENT" "${common[@]}" --epochs-per-tap "$CURRICULUM" \
-  --plot "$OUT/flow.png" -o "$OUT/student_warm.safetensors"
-
-echo "== 6/6 InDistill + KD: $KD_AFTER epochs after the $WARM-epoch warmup" >&2
-indistill distill -t "$OUT/teacher.safetensors" -s "$OUT/student_warm.safetensors" -m kd "${common[@]}" \
-  --epochs "$KD_AFTER" -o "$OUT/student_indistill_kd.safetensors"
-
-python - "$OUT" "$DATA" <<'PY'
-import json, subprocess, sys
-out, data = sys.argv[1], sys.argv[2]
-rows = [("teacher", "teacher"), ("student, CE alone", "student_ce"), ("student, KD", "student_kd"),
-        ("student, InDistill + KD", "student_indistill_kd")]
-print(f"\n{'model':<26}{'top-1':>8}{'top-5':>8}")
-for label, stem in rows:
-    r = json.loads(subprocess.run(["indistill", "evaluate", f"{out}/{stem}.safetensors", "--data", data, "--json", "-q"],
-                                  check=True, capture_output=True, text=True).stdout)
-    print(f"{label:<26}{100 * r['top1']:>8.2f}{100 * r['top5']:>8.2f}")
-print(f"\ncheckpoints and the per-tap MSE curves (flow.png) are in {out}/")
+python - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+load = lambda p: json.load(open(f"{out}/{p}"))
+ce_e, ce_r = load("student_ce.evaluate.json"), load("student_ce.retrieve.json")["metrics"]
+rows = [("student, CE alone", ce_e["top1"], ce_r["cosine"]["map"], ce_r["euclidean"]["map"],
+         ce_r["cosine"]["precision@100"])]
+for label, name in (("student, KD alone", "kd"), ("student, InDistill + KD", "indistill")):
+    f = load(f"{name}.json")["final"]
+    rows.append((label, f["top1"], f["map_cosine"], f["map_euclidean"], f["p@100_cosine"]))
+print(f"\n{'test split (%)':<26}{'top-1':>8}{'mAP cos':>9}{'mAP euc':>9}{'P@100':>8}")
+for r in rows:
+    print(f"{r[0]:<26}" + "".join(f"{100 * v:>{w}.2f}" for v, w in zip(r[1:], (8, 9, 9, 8))))
+print(f"\nper-tap MSE curves of the warmup: {out}/indistill/flow.png; all checkpoints: {out}/")
 PY
