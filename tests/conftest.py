@@ -1,0 +1,137 @@
+"""Shared fixtures: the CLI in a subprocess (real pipes) or in-process (fast), and one trained model.
+
+`trained_cnn3` trains `cnn3-w0.5` for one epoch on the embedded Fashion-MNIST subset once per test
+session (once per run under pytest-xdist: workers share it through a file lock) and is reused by
+every test that needs real trained weights. Tests must treat its file as read-only: copy the bytes
+before corrupting them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # never reach the hub from tests
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # share the cores between workers (and the CLI subprocesses they start) instead of oversubscribing;
+    # set before torch is imported, so this process and its children use the same thread count
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+os.environ.pop("INDISTILL_QUIET", None)  # tests assert on what users see on stderr
+os.environ.pop("INDISTILL_DATA", None)
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI_TIMEOUT = 300
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
+    env.pop("INDISTILL_QUIET", None)
+    env.update(extra)
+    return env
+
+
+def run_cli_subprocess(*args: str, input: bytes | None = None, cwd: str | Path | None = None,
+                       env: dict[str, str] | None = None, timeout: float = CLI_TIMEOUT) -> tuple[int, bytes, str]:
+    """`python -m indistill_cli ARGS` with real pipes: (exit code, stdout bytes, stderr text)."""
+    p = subprocess.run([sys.executable, "-m", "indistill_cli", *map(str, args)], input=input,
+                       stdin=None if input is not None else subprocess.DEVNULL, capture_output=True,
+                       cwd=cwd, env=cli_env(**(env or {})), timeout=timeout)
+    return p.returncode, p.stdout, p.stderr.decode("utf-8", "replace")
+
+
+@pytest.fixture
+def run_cli():
+    """Run the CLI in a subprocess: run_cli(*args, input=bytes|None, cwd=..., env={...})."""
+    return run_cli_subprocess
+
+
+@pytest.fixture
+def cli():
+    """Run the CLI in this process (typer's CliRunner): same (code, stdout bytes, stderr text) triple.
+
+    Much faster than a subprocess (torch is already imported); use it for error matrices. Anything
+    that must go through real stdin/stdout pipes uses `run_cli`.
+    """
+    from typer.testing import CliRunner
+
+    from indistill_cli import checkpoint, progress
+    from indistill_cli.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str, input: bytes | None = None) -> tuple[int, bytes, str]:
+        checkpoint._STDIN_CACHE = None
+        try:
+            r = runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=True)
+        finally:
+            checkpoint._STDIN_CACHE = None
+            progress.set_quiet(False)
+        stderr = r.stderr
+        if r.exception is not None and not isinstance(r.exception, SystemExit):
+            import traceback
+
+            stderr += "Traceback (in-process):\n" + "".join(traceback.format_exception(r.exception))
+        return r.exit_code, r.stdout_bytes, stderr
+
+    return invoke
+
+
+def assert_one_line_error(code: int, stderr: str, *needles: str, exit_code: int = 2) -> str:
+    """Exit code as expected, stderr exactly one 'error:' line containing every needle, no traceback."""
+    assert "Traceback" not in stderr, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert code == exit_code, (code, stderr)
+    assert len(lines) == 1, stderr
+    line = lines[0]
+    assert line.startswith("error: "), line
+    for n in needles:
+        assert n in line, (n, line)
+    return line
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A checkpoint trained once per session. `path` is read-only for tests; `summary` is train's --json."""
+
+    path: Path
+    summary: dict[str, Any]
+    stderr: str
+
+    def read_bytes(self) -> bytes:
+        return self.path.read_bytes()
+
+
+TRAIN_ARGS = ("train", "cnn3-w0.5", "--data", "fashion-mnist-mini", "--epochs", "1", "--seed", "0", "--json")
+
+
+def _train_once(folder: Path) -> TrainedModel:
+    out = folder / "cnn3-w0.5.safetensors"
+    summary_file, err_file = folder / "summary.json", folder / "stderr.txt"
+    if not summary_file.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        code, stdout, stderr = run_cli_subprocess(*TRAIN_ARGS, "-o", out)
+        assert code == 0, stderr
+        err_file.write_text(stderr)
+        summary_file.write_bytes(stdout)  # written last: its presence means the run finished
+    return TrainedModel(out, json.loads(summary_file.read_bytes()), err_file.read_text())
+
+
+@pytest.fixture(scope="session")
+def trained_cnn3(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """cnn3-w0.5 trained 1 epoch on fashion-mnist-mini (seed 0) through the CLI, with its JSON summary."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        from filelock import FileLock
+
+        shared = tmp_path_factory.getbasetemp().parent  # common to all workers of this run
+        with FileLock(str(shared / "trained_cnn3.lock")):
+            return _train_once(shared / "trained_cnn3")
+    return _train_once(tmp_path_factory.mktemp("trained_cnn3"))
