@@ -43,7 +43,9 @@ def resolve_model(arg: str, info: DataInfo, what: str = "student", trained: bool
                   pretrained: bool = False, role: str | None = "model") -> Resolved:
     """A checkpoint (verified, fitted to the data) or a fresh model from an architecture name."""
     if looks_like_checkpoint(arg):
-        ckpt = load_checkpoint(arg, role=role)
+        ckpt = load_checkpoint(arg)
+        if ckpt.role == "embeddings" or (role is not None and ckpt.role != role):
+            raise BadInput(_wrong_role(ckpt, what))
         check_compatible(info, ckpt.spec, f"{what} {ckpt.source}")
         return Resolved(model_from_checkpoint(ckpt), ckpt.spec, ckpt)
     if trained and not pretrained:
@@ -55,9 +57,24 @@ def resolve_model(arg: str, info: DataInfo, what: str = "student", trained: bool
     return Resolved(model, spec, None)
 
 
+def _wrong_role(ckpt: Checkpoint, what: str) -> str:
+    """A checkpoint of the wrong kind where a model is expected (e.g. a pruned teacher as --student)."""
+    if ckpt.role == "embeddings":
+        return (f"{ckpt.source}: is an embeddings file (from `indistill retrieve --export`), not a model, so it "
+                f"cannot be the {what}; embeddings files go to `indistill retrieve --index`")
+    if ckpt.role == "pruned-teacher":
+        return (f"{ckpt.source}: is a pruned-teacher checkpoint (from `indistill prune`), not a {what}; pass the "
+                f"{what}'s own checkpoint or an architecture name (a pruned teacher goes to `warmup --teacher`)")
+    return f"{ckpt.source}: is a {ckpt.role} checkpoint, expected a model checkpoint for the {what}"
+
+
 def check_output(dest: str, force: bool) -> None:
     """Refuse early (before any training) to clobber a checkpoint without --force."""
     if dest == "-":
+        import sys
+
+        if sys.stdout.isatty():
+            raise BadInput("-o - writes a binary checkpoint to stdout, which is a terminal: redirect it or give a file")
         return
     p = Path(dest)
     if p.is_dir():
@@ -73,8 +90,8 @@ def history_entry(stage: str, options: dict[str, Any], parents: list[dict[str, s
     from indistill_cli.runtime import environment
 
     entry = {"stage": stage, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "data": data,
-             "options": options, "parents": parents, "metrics": metrics, "wall_s": round(wall_s, 3),
-             "env": environment()}
+             "seed": options.get("seed"), "options": options, "parents": parents, "metrics": metrics,
+             "wall_s": round(wall_s, 3), "env": environment()}
     entry.update(extra)
     return entry
 

@@ -65,8 +65,8 @@ def parse_name(name: str) -> tuple[str, float]:
 
 
 def spec_name(spec: dict[str, Any]) -> str:
-    w = spec.get("width", 1.0)
-    return spec["arch"] if w == 1.0 else f"{spec['arch']}-w{w:g}"
+    arch, w = spec.get("arch", "?"), spec.get("width", 1.0)
+    return str(arch) if w == 1.0 or not isinstance(w, (int, float)) else f"{arch}-w{w:g}"
 
 
 def _build_native(arch: str, width: float, in_channels: int, num_classes: int, input_size: int) -> Any:
@@ -175,12 +175,33 @@ def load_state(model: Any, state: dict[str, Any], where: str) -> None:
     model.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=True)
 
 
+def _check_spec_values(spec: dict[str, Any], where: str) -> None:
+    """Plausible sizes before building: a forged spec must not make us allocate a giant model."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(spec["arch"], str):
+        raise BadInput(f"{where}: model spec 'arch' must be a name, got {spec['arch']!r}")
+    if not (is_int(spec["in_channels"]) and 1 <= spec["in_channels"] <= 64):
+        raise BadInput(f"{where}: model spec 'in_channels' must be an integer in [1, 64], got {spec['in_channels']!r}")
+    if not (is_int(spec["num_classes"]) and 1 <= spec["num_classes"] <= 1_000_000):
+        raise BadInput(f"{where}: model spec 'num_classes' must be an integer in [1, 1000000], "
+                       f"got {spec['num_classes']!r}")
+    size = spec["input_size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(is_int(v) and 1 <= v <= 8192 for v in size)):
+        raise BadInput(f"{where}: model spec 'input_size' must be [H, W] with 1..8192 pixels, got {size!r}")
+    width = spec.get("width", 1.0)
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 16:
+        raise BadInput(f"{where}: model spec 'width' must be a number in (0, 16], got {width!r}")
+
+
 def model_from_checkpoint(ckpt: Any) -> Any:
     """Rebuild the module a checkpoint describes and load its weights (validated)."""
     spec = ckpt.spec
     for key in ("arch", "in_channels", "num_classes", "input_size", "taps", "embedding"):
         if key not in spec:
             raise BadInput(f"{ckpt.source}: model spec lacks '{key}'")
+    _check_spec_values(spec, ckpt.source)
     try:
         model = build_model(spec)
     except BadInput as e:
