@@ -37,9 +37,13 @@ EvalBatch = Annotated[int, typer.Option(help="Evaluation batch size.")]
 Seed = Annotated[int, typer.Option(help="Random seed (same seed = bitwise-identical result on CPU).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Precision = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")]
-ChannelsLast = Annotated[str, typer.Option(help="auto (on for CUDA), on, off.")]
+ChannelsLast = Annotated[str, typer.Option(help="auto (on for CUDA, and for CPUs with oneDNN, where it measured "
+                                                "faster), on, off.")]
 Augment = Annotated[bool, typer.Option("--augment/--no-augment", help="Random crop + flip while training.")]
-Deterministic = Annotated[bool, typer.Option(help="Deterministic kernels (slower on GPU).")]
+Deterministic = Annotated[bool, typer.Option(help="Deterministic kernels on GPU (torch.use_deterministic_algorithms, "
+                                             "cuDNN autotuning off): repeatable GPU runs at a cost of typically "
+                                             "10-50% speed; ops without a deterministic kernel then fail. CPU runs "
+                                             "are bitwise repeatable without it.")]
 Optimizer = Annotated[str, typer.Option(help="sgd, adam or adamw.")]
 Momentum = Annotated[float, typer.Option(help="SGD momentum.")]
 WeightDecay = Annotated[float, typer.Option("--weight-decay", "--wd", help="Weight decay.")]
@@ -52,6 +56,20 @@ Out = Annotated[str, typer.Option("--output", "-o", help="Output checkpoint (.sa
 Force = Annotated[bool, typer.Option(help="Overwrite an existing output.")]
 Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output on stderr.")]
+SkipNonfinite = Annotated[int, typer.Option(help="Skip up to N batches whose loss or gradient is NaN/inf before "
+                                            "stopping (0: stop at the first).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its saved state (same "
+                                      "command and seed: the same final weights as an uninterrupted run).")]
+SaveEvery = Annotated[Optional[float], typer.Option(help="Minutes between resumable states, so a hard kill loses at "
+                                                    "most that much (default 10; 0 = only on SIGINT/SIGTERM).")]
+StateDir = Annotated[Optional[str], typer.Option(help="Folder of the resume state (default OUT.resume/ beside the "
+                                                 "output; needed with -o -). Removed after success.")]
+Strict = Annotated[bool, typer.Option(help="ImageFolder data: stop at an unreadable image instead of skipping "
+                                      "it (skipped images are counted on stderr).")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the student's training forward (compiling "
+                                       "costs about a minute; pays back on long GPU runs).")]
+SyncBN = Annotated[bool, typer.Option("--sync-bn", help="Under torchrun: BatchNorm statistics over all ranks' "
+                                      "batches (SyncBatchNorm; CUDA only).")]
 
 
 def _milestones(text: str) -> list[int]:
@@ -63,23 +81,50 @@ def _milestones(text: str) -> list[int]:
         raise BadInput(f"--milestones must be comma-separated epochs, got '{text}'") from None
 
 
-def _run(fn: Callable[[], Any], as_json: bool, quiet: bool = False) -> None:
+def _run(fn: Callable[[], Any], as_json: bool, quiet: bool = False, output: str | None = None) -> None:
     """Call a command body; errors become one line + exit code, results JSON on stdout."""
+    if as_json and output == "-":
+        from indistill_cli import progress
+
+        progress.console.print("[red]error:[/red] --json and -o - both write to stdout; write the checkpoint "
+                               "to a file, or drop --json")
+        raise typer.Exit(2)
+    import signal
+
     from indistill_cli import progress
-    from indistill_cli.errors import IndistillError
+    from indistill_cli.errors import IndistillError, Interrupted
+
+    def terminated(_signum: int, _frame: Any) -> None:  # outside training: stop now, exit 143 (128 + 15)
+        raise Interrupted("terminated (SIGTERM); no output was written", 143)
 
     progress.set_quiet(quiet)
     try:
+        old_term = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread
+        old_term = None
+    try:
         result = fn()
+    except Interrupted as e:  # SIGINT/SIGTERM: one line saying how to resume (training saves its state first)
+        progress.console.print(str(e), style="yellow", soft_wrap=True, markup=False)
+        raise typer.Exit(e.exit_code) from None
     except IndistillError as e:
         progress.console.print(f"[red]error:[/red] {e}", soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         progress.console.print("[red]interrupted[/red]")
         raise typer.Exit(130) from None
-    if as_json and result is not None:
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    if as_json and result is not None and _is_rank0():  # under torchrun only rank 0 prints the result
         sys.stdout.write(json.dumps(result, default=str) + "\n")
         sys.stdout.flush()
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _run_opts(**kw: Any) -> Any:
@@ -119,12 +164,19 @@ def train(
     channels_last: ChannelsLast = "auto",
     augment: Augment = True,
     deterministic: Deterministic = False,
+    compile_student: Compile = False,
+    sync_bn: SyncBN = False,
     val_fraction: ValFraction = 0.1,
     data_root: DataRoot = None,
     image_size: ImageSize = None,
     eval_batch_size: EvalBatch = 256,
     pretrained: Annotated[bool, typer.Option(help="Start timm/tv models from hub weights (needs network).")] = False,
     last: Annotated[bool, typer.Option("--last/--no-last", help="Also write OUT.last.safetensors.")] = True,
+    skip_nonfinite: SkipNonfinite = 0,
+    resume: Resume = False,
+    save_every: SaveEvery = None,
+    state_dir: StateDir = None,
+    strict: Strict = False,
     force: Force = False,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -145,12 +197,14 @@ def train(
         opts = _run_opts(data=data, data_root=data_root, val_fraction=val_fraction, image_size=image_size,
                          batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, device=device,
                          precision=precision, channels_last=channels_last, augment=augment,
-                         deterministic=deterministic)
+                         deterministic=deterministic, compile=compile_student, sync_bn=sync_bn,
+                         skip_nonfinite=skip_nonfinite, resume=resume, save_every=save_every,
+                         state_dir=state_dir, strict=strict)
         optim = _optim(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
                        schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs)
         return run_train(model, output, epochs, optim, opts, pretrained=pretrained, force=force, save_last=last)
 
-    _run(body, json_out, quiet)
+    _run(body, json_out, quiet, output)
 
 
 @app.command()
@@ -190,6 +244,11 @@ def prune(
     data_root: DataRoot = None,
     image_size: ImageSize = None,
     eval_batch_size: EvalBatch = 256,
+    skip_nonfinite: SkipNonfinite = 0,
+    resume: Resume = False,
+    save_every: SaveEvery = None,
+    state_dir: StateDir = None,
+    strict: Strict = False,
     force: Force = False,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -215,7 +274,9 @@ def prune(
         opts = _run_opts(data=data or "fashion-mnist-mini", data_root=data_root, val_fraction=val_fraction,
                          image_size=image_size, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
                          device=device, precision=precision, channels_last=channels_last, augment=augment,
-                         deterministic=deterministic)
+                         deterministic=deterministic,
+                         skip_nonfinite=skip_nonfinite, resume=resume, save_every=save_every,
+                         state_dir=state_dir, strict=strict)
         optim = _optim(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
                        schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs)
         return run_prune(teacher, like, output, opts, criterion=criterion, mode=mode, pairs=pair or [],
@@ -239,6 +300,7 @@ def evaluate(
     val_fraction: ValFraction = 0.1,
     data_root: DataRoot = None,
     image_size: ImageSize = None,
+    strict: Strict = False,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -257,7 +319,7 @@ def evaluate(
         from indistill_cli.evaluate import run_evaluate
 
         opts = _run_opts(data=data, data_root=data_root, val_fraction=val_fraction, image_size=image_size,
-                         eval_batch_size=batch_size, device=device, precision=precision)
+                         eval_batch_size=batch_size, device=device, precision=precision, strict=strict)
         return run_evaluate(model, split, opts, teacher=teacher, flow_images=flow_images, plot=plot)
 
     _run(body, json_out, quiet)
@@ -342,9 +404,16 @@ def warmup(
     channels_last: ChannelsLast = "auto",
     augment: Augment = True,
     deterministic: Deterministic = False,
+    compile_student: Compile = False,
+    sync_bn: SyncBN = False,
     val_fraction: ValFraction = 0.1,
     data_root: DataRoot = None,
     image_size: ImageSize = None,
+    skip_nonfinite: SkipNonfinite = 0,
+    resume: Resume = False,
+    save_every: SaveEvery = None,
+    state_dir: StateDir = None,
+    strict: Strict = False,
     force: Force = False,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -364,14 +433,17 @@ def warmup(
 
         opts = _run_opts(data=data, data_root=data_root, val_fraction=val_fraction, image_size=image_size,
                          batch_size=batch_size, seed=seed, device=device, precision=precision,
-                         channels_last=channels_last, augment=augment, deterministic=deterministic)
+                         channels_last=channels_last, augment=augment, deterministic=deterministic,
+                         compile=compile_student, sync_bn=sync_bn,
+                         skip_nonfinite=skip_nonfinite, resume=resume, save_every=save_every,
+                         state_dir=state_dir, strict=strict)
         optim = _optim(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False,
                        schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=0,
                        reset_each_epoch=reset_optimizer_each_epoch)
         return run_warmup(teacher, student, output, optim, opts, a, b, epochs_per_tap, cumulative, plot,
                           flow_images, force)
 
-    _run(body, json_out, quiet)
+    _run(body, json_out, quiet, output)
 
 
 @app.command()
@@ -411,9 +483,16 @@ def distill(
     channels_last: ChannelsLast = "auto",
     augment: Augment = True,
     deterministic: Deterministic = False,
+    compile_student: Compile = False,
+    sync_bn: SyncBN = False,
     val_fraction: ValFraction = 0.1,
     data_root: DataRoot = None,
     image_size: ImageSize = None,
+    skip_nonfinite: SkipNonfinite = 0,
+    resume: Resume = False,
+    save_every: SaveEvery = None,
+    state_dir: StateDir = None,
+    strict: Strict = False,
     force: Force = False,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -433,13 +512,16 @@ def distill(
 
         opts = _run_opts(data=data, data_root=data_root, val_fraction=val_fraction, image_size=image_size,
                          batch_size=batch_size, seed=seed, device=device, precision=precision,
-                         channels_last=channels_last, augment=augment, deterministic=deterministic)
+                         channels_last=channels_last, augment=augment, deterministic=deterministic,
+                         compile=compile_student, sync_bn=sync_bn,
+                         skip_nonfinite=skip_nonfinite, resume=resume, save_every=save_every,
+                         state_dir=state_dir, strict=strict)
         optim = _optim(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
                        schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs)
         return run_distill(teacher, student, output, method, param or [], ce, tap or [], embedding_tap, epochs,
                            optim, opts, adapters, force, flow_teacher)
 
-    _run(body, json_out, quiet)
+    _run(body, json_out, quiet, output)
 
 
 @app.command()
@@ -517,7 +599,11 @@ def pipeline(
     warmup_stage: Annotated[bool, typer.Option("--warmup/--no-warmup", help="--no-warmup: the same chain without "
                                                                             "InDistill, for comparison.")] = True,
     retrieval: Annotated[bool, typer.Option("--retrieve/--no-retrieve", help="Retrieval evaluation at the end.")] = True,
-    resume: Annotated[bool, typer.Option(help="Skip stages whose outputs exist and match.")] = False,
+    resume: Annotated[bool, typer.Option(help="Skip stages whose outputs exist and match, and continue an "
+                                         "interrupted stage from its saved state.")] = False,
+    skip_nonfinite: SkipNonfinite = 0,
+    save_every: SaveEvery = None,
+    strict: Strict = False,
     batch_size: BatchSize = 128,
     optimizer: Optimizer = "sgd",
     lr: Annotated[float, typer.Option(help="Learning rate of the teacher and distill stages.")] = 0.05,
@@ -529,6 +615,8 @@ def pipeline(
     channels_last: ChannelsLast = "auto",
     augment: Augment = True,
     deterministic: Deterministic = False,
+    compile_student: Compile = False,
+    sync_bn: SyncBN = False,
     val_fraction: ValFraction = 0.1,
     data_root: DataRoot = None,
     image_size: ImageSize = None,
@@ -552,7 +640,9 @@ def pipeline(
 
         opts = _run_opts(data=data, data_root=data_root, val_fraction=val_fraction, image_size=image_size,
                          batch_size=batch_size, seed=seed, device=device, precision=precision,
-                         channels_last=channels_last, augment=augment, deterministic=deterministic)
+                         channels_last=channels_last, augment=augment, deterministic=deterministic,
+                         compile=compile_student, sync_bn=sync_bn,
+                         skip_nonfinite=skip_nonfinite, resume=resume, save_every=save_every, strict=strict)
         main_optim = _optim(optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule)
         cfg = PipelineConfig(teacher, student, out, opts, teacher_epochs, main_optim, aux, aux_epochs,
                              criterion=criterion, prune_mode=prune_mode, a=a, b=b, epochs_per_tap=epochs_per_tap,

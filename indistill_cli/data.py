@@ -328,6 +328,7 @@ class TensorLoader:
         self.labels = split.labels.to(self.device)
         self.info, self.batch_size, self.shuffle, self.augment = info, batch_size, shuffle, augment
         self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+        self._skip = 0
         self.rank, self.world = rank, world
         self.channels_last = channels_last
         c = info.in_channels
@@ -342,6 +343,10 @@ class TensorLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def skip_batches(self, n: int) -> None:
+        """The next iteration starts after `n` batches (a resumed run), drawing their augmentation numbers."""
+        self._skip = n
+
     def _order(self) -> torch.Tensor:
         n = len(self.labels)
         if self.shuffle:
@@ -350,30 +355,54 @@ class TensorLoader:
         else:
             order = torch.arange(n)
         if self.world > 1:  # each rank its own shard, equal sizes
-            per = n // self.world if self.drop_last or self.shuffle else math.ceil(n / self.world)
-            order = order[self.rank :: self.world][:per]
+            order = order[self.rank :: self.world][: self._per_rank(n)]
         return order
 
+    def _per_rank(self, n: int) -> int:
+        """Images of this rank's shard: equal on every rank when training (shuffle or drop_last), so
+        every rank runs the same number of steps (DDP needs that); evaluation shards may differ by one."""
+        own = len(range(self.rank, n, self.world))
+        return min(own, n // self.world if self.drop_last or self.shuffle else math.ceil(n / self.world))
+
     def __len__(self) -> int:
-        n = len(self._order()) if self.world > 1 else len(self.labels)
+        n = self._per_rank(len(self.labels)) if self.world > 1 else len(self.labels)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def _plan(self) -> torch.Tensor:
+        """This epoch's order and augmentation draws as one int64 (4, n) tensor on the device.
+
+        Drawn once per epoch on CPU generators (the same numbers on any device for the same seed)
+        and copied in one transfer, so the batches are slices of device tensors: no host-to-device
+        copy and no synchronisation per step. Rows: sample index, crop row offset, crop column
+        offset, flip (0/1).
+        """
         order = self._order()
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 7919 * (self.rank + 1))
         n = len(order)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 7919 * (self.rank + 1))
+        p = self.info.pad
+        if self.augment:
+            oy = torch.randint(0, 2 * p + 1, (n,), generator=g)
+            ox = torch.randint(0, 2 * p + 1, (n,), generator=g)
+            fl = (torch.rand(n, generator=g) < 0.5).long() if self.info.flip else torch.zeros(n, dtype=torch.long)
+            plan = torch.stack([order, oy, ox, fl])
+        else:
+            plan = order[None]
+        if self.device.type == "cuda":
+            return plan.pin_memory().to(self.device, non_blocking=True)
+        return plan.to(self.device)
+
+    def __iter__(self) -> Iterator[Batch]:
+        plan = self._plan()  # the whole epoch's draws, so skipped batches (resume) consume theirs too
+        skip, self._skip = self._skip, 0
+        n = plan.shape[1]
         end = n - n % self.batch_size if self.drop_last else n
-        for start in range(0, end, self.batch_size):
-            idx_cpu = order[start : start + self.batch_size]
-            idx = idx_cpu.to(self.device, non_blocking=True)
+        flips = plan[3].bool() if self.augment else None
+        for start in range(skip * self.batch_size, end, self.batch_size):
+            idx = plan[0, start : start + self.batch_size]
             x = self.images[idx]
             if self.augment:
-                b = len(idx_cpu)
-                p = self.info.pad
-                oy = torch.randint(0, 2 * p + 1, (b,), generator=g).to(self.device)
-                ox = torch.randint(0, 2 * p + 1, (b,), generator=g).to(self.device)
-                fl = (torch.rand(b, generator=g) < 0.5) if self.info.flip else torch.zeros(b, dtype=torch.bool)
-                x = crop_flip(x, p, oy, ox, fl.to(self.device))
+                sl = slice(start, start + self.batch_size)
+                x = crop_flip(x, self.info.pad, plan[1, sl], plan[2, sl], flips[sl])
             yield Batch(self.to_float(x), self.labels[idx], idx)
 
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
@@ -383,24 +412,28 @@ class TensorLoader:
         x = x.float().mul_(self.scale).sub_(self.shift)
         if tuple(x.shape[-2:]) != self.model_size:
             x = fit_size(x, self.model_size)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        # the layout the run chose, whatever the gather left (crop_flip's output is NHWC-strided)
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
 
 def make_loader(split: Any, info: DataInfo, batch_size: int, **kw: Any) -> Any:
     """A loader for either kind of split (tensor or folder)."""
+    strict = kw.pop("strict", False)  # only folder data can hold unreadable images
     if isinstance(split, Split):
         return TensorLoader(split, info, batch_size, **kw)
     from indistill_cli.folder_data import FolderLoader
 
-    return FolderLoader(split, info, batch_size, **kw)
+    return FolderLoader(split, info, batch_size, strict=strict, **kw)
 
 
 def check_compatible(info: DataInfo, spec: dict[str, Any], what: str) -> None:
     """A model must have the dataset's classes; channel counts must be reconcilable."""
+    for key in ("num_classes", "in_channels"):
+        if not isinstance(spec.get(key), int):
+            raise BadInput(f"{what}: model spec lacks '{key}' (or it is not an integer)")
     if spec["num_classes"] != info.num_classes:
         raise BadInput(f"{what} has {spec['num_classes']} classes but {info.name} has {info.num_classes}")
     mc, dc = spec["in_channels"], info.in_channels
-    if mc != dc and not (dc == 1 and mc == 3):
+    folder = info.name.startswith("imagefolder:")  # image files decode to either: gray for 1-channel models
+    if mc != dc and not (dc == 1 and mc == 3) and not (folder and mc == 1):
         raise BadInput(f"{what} takes {mc}-channel images but {info.name} has {dc} channels")

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -27,6 +27,7 @@ from indistill_cli.errors import BadInput
 from indistill_cli.evaluation import classify
 from indistill_cli.losses.base import Feats
 from indistill_cli.models import spec_name
+from indistill_cli.runtime import barrier, broadcast_state, ddp, maybe_compile, sync_batchnorm
 from indistill_cli.session import RunOptions, open_session
 from indistill_cli.taps import TapSet, as_vector
 
@@ -76,15 +77,34 @@ def _pairs_for(kind: str, t_spec: dict[str, Any], s_spec: dict[str, Any], tap_pa
     if kind == "embedding":
         if emb_pair:
             t, _, s = emb_pair.partition(":")
+            if not t or not s:
+                raise BadInput(f"--embedding-tap {emb_pair}: expected TEACHER_TAP:STUDENT_TAP, e.g. "
+                               f"{t_spec['embedding']['name']}:{s_spec['embedding']['name']}")
             return [(t, s)]
         return [(t_spec["embedding"]["name"], s_spec["embedding"]["name"])]
     from indistill_cli.prune import pair_taps
 
-    return pair_taps(t_spec, s_spec, tap_pairs)
+    try:
+        return pair_taps(t_spec, s_spec, tap_pairs)
+    except BadInput as e:  # pair_taps speaks of prune's --pair; here the option is --tap
+        raise BadInput(str(e).replace("--pair", "--tap")) from None
+
+
+class TeacherOut(NamedTuple):
+    """The frozen teacher's logits and tapped features for one batch (inference tensors)."""
+
+    logits: torch.Tensor
+    taps: dict[str, torch.Tensor]
 
 
 class Distiller(nn.Module):
-    """Student + KD methods: one forward gives the total loss and its named terms."""
+    """Student + KD methods: one forward gives the total loss and its named terms.
+
+    Under torchrun the Distiller itself (the student plus the methods' trainable adapters, e.g. FitNet
+    regressors) is what DDP wraps, so adapter gradients are all-reduced like the student's; the teacher
+    is an argument, never a submodule, so it stays outside DDP (frozen, eval mode, inference_mode).
+    Tap hooks are registered once, not per step, and their captures are dropped after each use.
+    """
 
     def __init__(self, student: nn.Module, methods: list[MethodSpec], method_pairs: list[list[tuple[str, str]]],
                  losses_: list[nn.Module], ce: float) -> None:
@@ -94,15 +114,45 @@ class Distiller(nn.Module):
         self.methods, self.method_pairs, self.ce = methods, method_pairs, ce
         self.s_taps = sorted({s for pairs in method_pairs for _, s in pairs})
         self.t_taps = sorted({t for pairs in method_pairs for t, _ in pairs})
+        self._tapsets: dict[int, TapSet] = {}
+        object.__setattr__(self, "run_student", None)  # e.g. torch.compile(student); not a registered submodule
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int, teacher: nn.Module,
-                net: nn.Module) -> dict[str, torch.Tensor]:
-        with torch.inference_mode(), TapSet(teacher, self.t_taps) as tt:
-            t_logits = tt.forward(x)
-            t_out = dict(tt.out)
-        with TapSet(self.student, self.s_taps) as st:
-            s_logits = net(x)
-            s_out = dict(st.out)
+    def _taps_on(self, model: nn.Module, names: list[str]) -> TapSet | None:
+        if not names:
+            return None
+        ts = self._tapsets.get(id(model))
+        if ts is None or ts.model is not model:
+            ts = self._tapsets[id(model)] = TapSet(model, names)
+        return ts
+
+    def close(self) -> None:
+        """Remove the tap hooks from the teacher and the student."""
+        for ts in self._tapsets.values():
+            ts.close()
+        self._tapsets.clear()
+
+    def teacher_outputs(self, x: torch.Tensor, teacher: nn.Module) -> TeacherOut:
+        tt = self._taps_on(teacher, self.t_taps)
+        with torch.inference_mode():
+            logits = teacher(x)
+        taps: dict[str, torch.Tensor] = {}
+        if tt is not None:
+            taps, tt.out = tt.out, {}
+        return TeacherOut(logits, taps)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int,
+                teacher: nn.Module | TeacherOut, net: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """`teacher`: the teacher module, or its outputs for this batch (what the step passes when DDP wraps
+        the distiller); `net`: what runs the student (default: the student, or run_student when set)."""
+        t = teacher if isinstance(teacher, TeacherOut) else self.teacher_outputs(x, teacher)
+        t_logits, t_out = t.logits, t.taps
+        st = self._taps_on(self.student, self.s_taps)
+        if net is None:
+            net = self.run_student if self.run_student is not None else self.student
+        s_logits = net(x)
+        s_out: dict[str, torch.Tensor] = {}
+        if st is not None:
+            s_out, st.out = st.out, {}
         terms: dict[str, torch.Tensor] = {}
         if self.ce:
             terms["ce"] = F.cross_entropy(s_logits, y)
@@ -151,18 +201,36 @@ def run_distill(teacher_arg: str, student_arg: str, out: str, methods: list[str]
                 optim: OptimConfig, opts: RunOptions, adapters: str | None = None,
                 force: bool = False, flow_teacher: str | None = None, flow_images: int = 1000) -> dict[str, Any]:
     check_output(out, force)
+    if epochs < 1:
+        raise BadInput(f"--epochs must be at least 1, got {epochs}")
+    optim.validate()  # a bad option must fail before any loading or output
+    if ce is not None and not ce >= 0:
+        raise BadInput(f"--ce must be >= 0, got {ce}")
+    if adapters and adapters != "-" and Path(adapters).exists() and not force:
+        raise BadInput(f"--adapters {adapters}: exists; pass --force to overwrite it")
     t0 = time.perf_counter()
     specs = parse_methods(methods, params)
+    from indistill_cli.resume import RunState
+
+    state = RunState("distill", out, {"stage": "distill", "teacher": teacher_arg, "student": student_arg,
+                                      "methods": methods, "params": params, "ce": ce, "taps": tap_pairs,
+                                      "embedding_tap": embedding_pair, "epochs": epochs, "flow_teacher": flow_teacher,
+                                      "flow_images": flow_images, "optim": optim.as_dict(), "opts": opts.as_dict()},
+                     opts, force=force)
+    state.check()
     s = open_session(opts)
     rt = s.rt
     teacher_r = resolve_model(teacher_arg, s.ds.info, "teacher", trained=True, role=None)
     if teacher_r.ckpt is not None and teacher_r.ckpt.role not in ("model", "pruned-teacher"):
         raise BadInput(f"{teacher_r.ckpt.source}: a {teacher_r.ckpt.role} checkpoint cannot be a teacher")
     student_r = resolve_model(student_arg, s.ds.info, "student")
+    state.add_key("parents", [teacher_r.parent().get("sha256") or teacher_r.name,
+                              student_r.parent().get("sha256") or student_r.name])
+    state.is_main = rt.is_main
     teacher = teacher_r.model.to(rt.device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    student = student_r.model.to(rt.device)
+    student = sync_batchnorm(student_r.model.to(rt.device), rt, opts.sync_bn)
     if rt.channels_last:
         teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
     ce_w = ce if ce is not None else min(losses.get(m.name).ce_weight for m in specs)
@@ -181,10 +249,12 @@ def run_distill(teacher_arg: str, student_arg: str, out: str, methods: list[str]
             raise BadInput(f"--method {m.name}: {e}") from None
         method_pairs.append(pairs)
     distiller = Distiller(student, specs, method_pairs, loss_mods, ce_w).to(rt.device)
-    net: nn.Module = student
-    if rt.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            student, device_ids=[rt.device] if rt.device.type == "cuda" else None)
+    if opts.compile:
+        object.__setattr__(distiller, "run_student", maybe_compile(student, True))
+    # student + trainable adapters in DDP under torchrun; the teacher stays outside. The methods' buffers
+    # (CRD's memory banks) are not broadcast every step: they start equal and get every rank's updates.
+    broadcast_state(distiller.losses, rt)
+    net = ddp(distiller, rt, [f"losses.{n}" for n, _ in distiller.losses.named_buffers()])
     from_warmup = any(h.get("stage") == "warmup" for h in student_r.history)
     desc = " + ".join([f"{ce_w:g}*ce"] * bool(ce_w) + [f"{m.weight:g}*{m.name}" for m in specs])
     progress.info(f"distill {teacher_r.name} -> {student_r.name}{' (from InDistill warmup)' if from_warmup else ''} "
@@ -193,7 +263,7 @@ def run_distill(teacher_arg: str, student_arg: str, out: str, methods: list[str]
     val_loader = s.eval_loader("val", student_r.spec) if s.val_split else None
 
     def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
-        return distiller(batch.x, batch.y, batch.idx, epoch, teacher, net)
+        return net(batch.x, batch.y, batch.idx, epoch, distiller.teacher_outputs(batch.x, teacher))
 
     flow, fixed, curves = None, [], {}
     if flow_teacher:  # the paper's Figure 4: per-tap MSE to the pruned teacher's targets, every epoch
@@ -206,12 +276,13 @@ def run_distill(teacher_arg: str, student_arg: str, out: str, methods: list[str]
         pairs = pairs_from_teacher(fck, student_r.spec)
         flow = FlowPair(model_from_checkpoint(fck).to(rt.device).eval(), student, pairs)
         fixed = fixed_batches(s, student_r.spec, flow_images)
-        curves = {p.student_tap: [v] for p, v in zip(pairs, flow_mse(flow, fixed))}
+        curves = {p.student_tap: [v] for p, v in zip(pairs, flow_mse(flow, fixed, rt))}
+    state.register("curves", lambda: curves, lambda saved: (curves.clear(), curves.update(saved)))
 
     def validate(epoch: int) -> dict[str, float]:
         out: dict[str, float] = {}
         if flow is not None:
-            for p, v in zip(flow.pairs, flow_mse(flow, fixed)):
+            for p, v in zip(flow.pairs, flow_mse(flow, fixed, rt)):
                 curves[p.student_tap].append(v)
                 out[f"val_mse_{p.student_tap}"] = v
         if val_loader is None:
@@ -220,7 +291,7 @@ def run_distill(teacher_arg: str, student_arg: str, out: str, methods: list[str]
         return {"val_loss": r["loss"], "val_top1": r["top1"], **out}
 
     engine = Engine(rt, optim, epochs, select="val_top1" if val_loader else None,
-                    label=f"distill {student_r.name}")
+                    label=f"distill {student_r.name}", skip_nonfinite=opts.skip_nonfinite, state=state)
     res = engine.fit(distiller, student, step, loader, validate)
     wall = time.perf_counter() - t0
     method_rec = [{"name": m.name, "weight": m.weight, "uses": losses.get(m.name).uses,
@@ -246,6 +317,9 @@ def run_distill(teacher_arg: str, student_arg: str, out: str, methods: list[str]
             "distill", options, [teacher_r.parent(), student_r.parent()], metrics, wall, s.ds.info.name,
             from_warmup=from_warmup, teacher=spec_name(teacher_r.spec), curve=res.history, device=rt.describe())]
         summary["sha256"] = write_model(out, res.best_state, student_r.spec, hist, {"dataset": s.ds.info.as_dict()})
+        state.clear()  # the outputs are written: the resume state has done its job
         progress.info(f"wrote {out if out != '-' else 'stdout'} (best epoch {res.best_epoch}, "
                       f"val top-1 {summary['val_top1']})")
+    distiller.close()
+    barrier(rt)  # no rank leaves before rank 0 has written
     return summary

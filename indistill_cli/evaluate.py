@@ -52,11 +52,11 @@ def flow_report(student: torch.nn.Module, student_spec: dict[str, Any], teacher_
         progress.warn(f"no per-tap MSE: {e}")
         pairs = []
     if pairs:
-        vals = flow_mse(FlowPair(teacher, student, pairs), batches)
+        vals = flow_mse(FlowPair(teacher, student, pairs), batches, s.rt)
         out["tap_mse"] = {f"{p.student_tap}<-{p.teacher_tap}": v for p, v in zip(pairs, vals)}
         progress.table(f"information flow vs {out['teacher']} ({split}, {n} images)", ["student <- teacher tap", "MSE"],
                        [[k, v] for k, v in out["tap_mse"].items()])
-        if plot:
+        if plot and s.rt.is_main:
             from indistill_cli.plots import plot_tap_bars
 
             plot_tap_bars(out["tap_mse"], plot, f"per-tap MSE to {out['teacher']} targets; "
@@ -74,7 +74,7 @@ def run_evaluate(model_arg: str, split: str, opts: RunOptions, per_class: bool =
     model = m.model.to(s.rt.device)
     if s.rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    r = classify(model, s.eval_loader(split, m.spec, shard=False), s.rt, s.ds.info.num_classes)
+    r = classify(model, s.eval_loader(split, m.spec), s.rt, s.ds.info.num_classes)  # rank shards, all-reduced
     classes = s.ds.info.classes
     out = {"model": m.name, "checkpoint": m.ckpt.source if m.ckpt else None, "data": s.ds.info.name, "split": split,
            "n": r["n"], "top1": r["top1"], "top5": r["top5"], "loss": r["loss"],

@@ -104,6 +104,44 @@ class FlowPair:
                               f"{tuple(tm.shape[-2:])}: the larger is adaptive-average-pooled to the smaller")
 
 
+class StudentUpTo(nn.Module):
+    """The student's forward up to tap `upto`, returning the maps of taps `first..upto`.
+
+    What one warmup phase trains, as a module of its own so that DDP (under torchrun) can wrap it: the
+    early stop happens inside this forward, so DDP sees an ordinary forward that returns tensors.
+    """
+
+    def __init__(self, flow: FlowPair, first: int, upto: int) -> None:
+        super().__init__()
+        self.student = flow.student
+        self.names = [p.student_tap for p in flow.pairs[: upto + 1]]
+        self.first = first
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        with TapSet(self.student, self.names, stop_after=self.names[-1]) as t:
+            t.forward(x)
+            return [t.out[n] for n in self.names[self.first :]]
+
+    def unused_state(self, x: torch.Tensor) -> list[str]:
+        """Names (in this module's state dict) of the parameters no gradient reaches in this phase, and
+        the buffers of the modules that own only such parameters. Found by one probing backward in eval
+        mode (no running statistics change, no .grad is written), so every rank finds the same set."""
+        was = self.training
+        self.eval()
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        with torch.enable_grad():
+            total = sum(o.float().sum() for o in self(x))
+            grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
+        self.train(was)
+        unused = {n for (n, _), g in zip(named, grads) if g is None}
+        out = sorted(unused)
+        for mod_name, mod in self.named_modules():
+            own = [f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_parameters(recurse=False)]
+            if own and all(o in unused for o in own):
+                out += [f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_buffers(recurse=False)]
+        return out
+
+
 def mse(student_map: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error over batch and all feature elements, after matching spatial size."""
     s, t = match_spatial(student_map.float(), target.float())
@@ -113,19 +151,33 @@ def mse(student_map: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def flow_mse(flow: FlowPair, batches: list[torch.Tensor]) -> list[float]:
-    """Per-tap MSE (student eval mode) over fixed batches: the paper's information-flow curves."""
+def flow_mse(flow: FlowPair, batches: list[torch.Tensor], rt: Any = None) -> list[float]:
+    """Per-tap MSE (student eval mode) over fixed batches: the paper's information-flow curves.
+
+    Under torchrun (`rt` distributed) every rank holds the same fixed batches and evaluates every
+    world-th image of them, and the sums are all-reduced: each rank gets the same numbers as one
+    process would (eval mode, so batch composition does not matter), for 1/world of the work.
+    """
     was = flow.student.training
     flow.student.eval()
     last = len(flow.pairs) - 1
-    sums = torch.zeros(len(flow.pairs), dtype=torch.float64)
-    n = 0
+    rank, world = (rt.rank, rt.world) if rt is not None and rt.distributed else (0, 1)
+    device = batches[0].device if batches else torch.device("cpu")
+    sums = torch.zeros(len(flow.pairs) + 1, dtype=torch.float64, device=device)  # last: image count
     for x in batches:
+        x = x[rank::world] if world > 1 else x
+        b = x.shape[0]
+        if b == 0:
+            continue
         t = flow.targets(x, last)
         s = flow.student_maps(x, last)
-        b = x.shape[0]
         for i, (sm, tm) in enumerate(zip(s, t)):
-            sums[i] += float(mse(sm, tm)) * b
-        n += b
+            sums[i] += mse(sm, tm).double() * b
+        sums[-1] += b
     flow.student.train(was)
-    return (sums / max(n, 1)).tolist()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(sums)
+    vals = sums.cpu()
+    return (vals[:-1] / max(float(vals[-1]), 1.0)).tolist()

@@ -77,10 +77,10 @@ def load_imagefolder(path: Path, val_fraction: float, image_size: int) -> Any:
 
 
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, split: FolderSplit, size: int, train: bool) -> None:
+    def __init__(self, split: FolderSplit, size: int, train: bool, mode: str = "RGB") -> None:
         from torchvision.transforms import v2
 
-        self.items = split.items
+        self.items, self.mode = split.items, mode
         if train:
             self.tf = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
         else:
@@ -94,20 +94,26 @@ class _Images(torch.utils.data.Dataset):
         from torchvision.transforms.v2.functional import pil_to_tensor
 
         path, y = self.items[i]
-        try:
+        try:  # grayscale, RGB, RGBA and palette files all load as the model's channels (alpha dropped)
             with Image.open(path) as im:
-                img = pil_to_tensor(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError):
-            return None
+                if im.mode in ("P", "PA"):
+                    im = im.convert("RGBA")  # palette transparency: convert via RGBA (no PIL warning)
+                img = pil_to_tensor(im.convert(self.mode))
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            return path  # unreadable: the loader counts it (or stops, with --strict)
         return self.tf(img), y, i
 
 
 def _collate(rows: list[Any]) -> Any:
-    good = [r for r in rows if r is not None]
+    good = [r for r in rows if not isinstance(r, str)]
+    bad = [r for r in rows if isinstance(r, str)]
     if not good:
-        return None, len(rows)
+        return None, bad
     x = torch.stack([r[0] for r in good])
-    return (x, torch.tensor([r[1] for r in good]), torch.tensor([r[2] for r in good])), len(rows) - len(good)
+    return (x, torch.tensor([r[1] for r in good]), torch.tensor([r[2] for r in good])), bad
+
+
+_REPORTED: set[str] = set()  # unreadable files already reported by this process (one warning each)
 
 
 class FolderLoader:
@@ -116,12 +122,14 @@ class FolderLoader:
     def __init__(self, split: FolderSplit, info: Any, batch_size: int, device: Any = "cpu", shuffle: bool = False,
                  augment: bool = False, seed: int = 0, drop_last: bool = False, model_channels: int | None = None,
                  model_size: tuple[int, int] | None = None, rank: int = 0, world: int = 1,
-                 channels_last: bool = False, workers: int | None = None) -> None:
+                 channels_last: bool = False, workers: int | None = None, strict: bool = False) -> None:
         from indistill_cli.data import TensorLoader
 
         self.device = torch.device(device)
         size = int((model_size or info.image_size)[0])
-        self.ds = _Images(split, size, augment)
+        gray = model_channels == 1  # a 1-channel model reads the folder as grayscale
+        self.ds = _Images(split, size, augment, "L" if gray else "RGB")
+        self.split_name, self.strict, self._skip = split.name or "images", strict, 0
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.rank, self.world, self.epoch = rank, world, 0
         self.workers = workers if workers is not None else min(8, max(1, (torch.get_num_threads() or 2) - 1))
@@ -131,10 +139,16 @@ class FolderLoader:
         self._norm.repeat, self._norm.model_size = 1, (size, size)
         mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1)
+        if gray:
+            mean, std = mean.mean(1, keepdim=True), std.mean(1, keepdim=True)
         self._norm.scale, self._norm.shift, self._norm.channels_last = 1.0 / (255.0 * std), mean / std, channels_last
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip_batches(self, n: int) -> None:
+        """The next iteration starts after `n` batches (a resumed run) without decoding them."""
+        self._skip = n
 
     def _indices(self) -> list[int]:
         n = len(self.ds)
@@ -149,13 +163,28 @@ class FolderLoader:
     def __iter__(self) -> Iterator[Any]:
         from indistill_cli.data import Batch
 
+        skip, self._skip = self._skip, 0
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self.ds, self._indices()), batch_size=self.batch_size, shuffle=False,
+            torch.utils.data.Subset(self.ds, self._indices()[skip * self.batch_size :]), batch_size=self.batch_size,
+            shuffle=False,
             num_workers=self.workers, collate_fn=_collate, drop_last=self.drop_last,
             pin_memory=self.device.type == "cuda", persistent_workers=False)
-        for batch, skipped in loader:
-            self.skipped += skipped
+        bad_paths: list[str] = []
+        for batch, bad in loader:
+            self.skipped += len(bad)
+            if bad and self.strict:
+                raise BadInput(f"{bad[0]}: unreadable image (--strict); remove or replace it, or drop --strict "
+                               f"to skip unreadable images")
+            bad_paths += bad
             if batch is None:
                 continue
             x, y, i = (t.to(self.device, non_blocking=True) for t in batch)
             yield Batch(self._norm.to_float(x), y, i)
+        new = [p for p in bad_paths if p not in _REPORTED]
+        if new:
+            from indistill_cli import progress
+
+            _REPORTED.update(new)
+            progress.console.print(f"[yellow]warning:[/yellow] skipped {len(new)} unreadable image"
+                                   f"{'s' if len(new) > 1 else ''} in {self.split_name} (e.g. {new[0]}); --strict "
+                                   f"stops on them instead", soft_wrap=True)

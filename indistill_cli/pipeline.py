@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,15 +233,18 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             progress.info(f"[bold]stage {i + 1}/{len(stages)} {s.name}[/bold]: up to date, skipped")
             results[s.name] = rec.get("summary", {})
             continue
-        progress.console.rule(f"stage {i + 1}/{len(stages)}: {s.name}")
+        if not progress.quiet():  # --quiet, or a torchrun rank other than 0
+            progress.console.rule(f"stage {i + 1}/{len(stages)}: {s.name}")
         ts = time.perf_counter()
         summary = s.run()
-        if s.output.endswith(".json"):
+        main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes
+        if s.output.endswith(".json") and main:
             atomic_write(out, (json.dumps(summary, indent=1, default=str) + "\n").encode())
         small = {k: v for k, v in summary.items() if k not in ("epochs", "curves", "per_class")}
         manifest["stages"][s.name] = {"key": key, "sha256": _file_sha(out), "output": s.output,
                                       "wall_s": round(time.perf_counter() - ts, 2), "summary": small}
-        atomic_write(d / MANIFEST, json.dumps(manifest, indent=1, default=str).encode())
+        if main:
+            atomic_write(d / MANIFEST, json.dumps(manifest, indent=1, default=str).encode())
         results[s.name] = small
     final = _final_table(results)
     return {"out_dir": str(d), "stages": [s.name for s in stages], "estimate_s": est, "results": results, "final": final,

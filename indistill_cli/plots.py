@@ -45,12 +45,17 @@ def plot_flow(curves: dict[str, list[float]], path: str | Path, title: str,
 
 
 def _save(fig: Any, plt: Any, path: str | Path) -> None:
-    """Atomic PNG write (temp name, then rename)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    """Atomic PNG write (rendered in memory, then temp file + fsync + rename)."""
+    import io
+
+    from indistill_cli.checkpoint import atomic_write
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    atomic_write(path, buf.getvalue())
 
 
 def plot_tap_bars(values: dict[str, float], path: str | Path, title: str) -> None:

@@ -18,7 +18,8 @@ def set_quiet(quiet: bool) -> None:
 
 
 def quiet() -> bool:
-    return _QUIET or os.environ.get("INDISTILL_QUIET") == "1"
+    """No progress, notices or tables: --quiet, INDISTILL_QUIET=1, or a torchrun rank other than 0."""
+    return _QUIET or os.environ.get("INDISTILL_QUIET") == "1" or os.environ.get("RANK", "0") != "0"
 
 
 def info(msg: str) -> None:

@@ -490,6 +490,15 @@ def run_prune(teacher_arg: str, like: str, out: str, opts: Any, criterion: str =
         optim.validate()
     pair_args = [parse_pair(p) for p in (pairs or [])]
     check_output(out, force)
+    run_state = None
+    if finetune:  # fine-tuning is training: interruptible and resumable like `train`
+        from indistill_cli.resume import RunState
+
+        key = {"stage": "prune", "teacher": teacher_arg, "like": like, "criterion": criterion, "mode": mode,
+               "pairs": list(pairs or []), "finetune": finetune,
+               "optim": optim.as_dict() if optim is not None else None, "opts": opts.as_dict()}
+        run_state = RunState("prune", out, key, opts, force=force)
+        run_state.check()
     if not looks_like_checkpoint(teacher_arg):
         resolve_model(teacher_arg, None, "teacher", trained=True)  # type: ignore[arg-type]  # raises: needs weights
     tckpt = load_checkpoint(teacher_arg, role="model")
@@ -561,7 +570,9 @@ def run_prune(teacher_arg: str, like: str, out: str, opts: Any, criterion: str =
         if finetune:
             from indistill_cli.train import fit_ce
 
-            fit = fit_ce(pruned, pspec, s, finetune, optim, f"finetune pruned {t.name}")
+            run_state.add_key("parents", [t.parent().get("sha256"), st.parent().get("sha256") or st.name])
+            run_state.is_main = s.rt.is_main
+            fit = fit_ce(pruned, pspec, s, finetune, optim, f"finetune pruned {t.name}", state=run_state)
             pruned.load_state_dict(fit.best_state)
             acc["finetuned"] = _accuracy(pruned, pspec, s)
             progress.info(f"val top-1 after {finetune} epoch(s) of fine-tuning: {_fmt_acc(acc['finetuned'])}")
@@ -590,6 +601,11 @@ def run_prune(teacher_arg: str, like: str, out: str, opts: Any, criterion: str =
         hist = t.history + [history_entry("prune", options, parents, metrics, wall, s.ds.info.name, **extra)]
         info = {"dataset": s.ds.info.as_dict(), "pruning": pruning}
         summary["sha256"] = write_model(out, state, spec, hist, info, role="pruned-teacher", extras=extras)
+        if run_state is not None:
+            run_state.clear()  # the output is written: the resume state has done its job
         progress.info(f"wrote {out if out != '-' else 'stdout'} ({mode} pruned-teacher, "
                       + ", ".join(f"{p.teacher_tap} {p.before}->{p.kept}" for p in plans) + ")")
+    from indistill_cli.runtime import barrier
+
+    barrier(s.rt)  # under torchrun no rank goes on (e.g. to the next pipeline stage) before rank 0 has written
     return summary

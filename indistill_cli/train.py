@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from indistill_cli import progress
 from indistill_cli.common import check_output, history_entry, resolve_model, write_model
 from indistill_cli.engine import Engine, FitResult, OptimConfig
+from indistill_cli.errors import BadInput
 from indistill_cli.evaluation import classify
+from indistill_cli.runtime import barrier
 from indistill_cli.session import RunOptions, Session, open_session
 
 
@@ -25,12 +27,14 @@ def last_path(out: str) -> str | None:
 
 
 def fit_ce(model: torch.nn.Module, spec: dict[str, Any], s: Session, epochs: int, optim: OptimConfig,
-           label: str) -> FitResult:
-    """Cross-entropy training with best-on-validation selection (used by `train` and `prune --finetune`)."""
-    net = model
-    if s.rt.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[s.rt.device] if s.rt.device.type == "cuda" else None)
+           label: str, state: Any = None) -> FitResult:
+    """Cross-entropy training with best-on-validation selection (used by `train` and `prune --finetune`).
+
+    `state` (a resume.RunState) makes the run interruptible and resumable."""
+    from indistill_cli.runtime import ddp, maybe_compile, sync_batchnorm
+
+    model = sync_batchnorm(model, s.rt, s.opts.sync_bn)  # in place: the caller's model is converted too
+    net = maybe_compile(ddp(model, s.rt), s.opts.compile)  # DDP under torchrun, then --compile
     loader = s.train_loader(spec)
     val_loader = s.eval_loader("val", spec) if s.val_split else None
 
@@ -45,22 +49,33 @@ def fit_ce(model: torch.nn.Module, spec: dict[str, Any], s: Session, epochs: int
         r = classify(model, val_loader, s.rt, s.ds.info.num_classes)
         return {"val_loss": r["loss"], "val_top1": r["top1"]}
 
-    engine = Engine(s.rt, optim, epochs, select="val_top1" if val_loader else None, label=label)
+    engine = Engine(s.rt, optim, epochs, select="val_top1" if val_loader else None, label=label,
+                    skip_nonfinite=s.opts.skip_nonfinite, state=state)
     return engine.fit(model, model, step, loader, validate)
 
 
 def run_train(model_arg: str, out: str, epochs: int, optim: OptimConfig, opts: RunOptions,
               pretrained: bool = False, force: bool = False, save_last: bool = True) -> dict[str, Any]:
     check_output(out, force)
+    if epochs < 1:  # options first: a typo must not cost a dataset load and a model build
+        raise BadInput(f"--epochs must be at least 1, got {epochs}")
+    optim.validate()
+    from indistill_cli.resume import RunState
+
+    state = RunState("train", out, {"stage": "train", "model": model_arg, "epochs": epochs, "optim": optim.as_dict(),
+                                    "opts": opts.as_dict(), "pretrained": pretrained}, opts, force=force)
+    state.check()
     t0 = time.perf_counter()
     s = open_session(opts)
     m = resolve_model(model_arg, s.ds.info, "model", pretrained=pretrained)
+    state.add_key("parent", m.parent().get("sha256") or m.name)
+    state.is_main = s.rt.is_main
     model = m.model.to(s.rt.device)
     if s.rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     progress.info(f"train {m.name} on {s.ds.info.name} ({len(s.ds.train)} train / "
                   f"{len(s.ds.val) if s.ds.val is not None else 0} val) on {s.rt.describe()}")
-    res = fit_ce(model, m.spec, s, epochs, optim, f"train {m.name}")
+    res = fit_ce(model, m.spec, s, epochs, optim, f"train {m.name}", state=state)
     wall = time.perf_counter() - t0
     options = {"arch": m.name, "epochs": epochs, **optim.as_dict(), **opts.as_dict(), "pretrained": pretrained}
     summary = {"stage": "train", "model": m.name, "output": out, "best_epoch": res.best_epoch,
@@ -79,8 +94,10 @@ def run_train(model_arg: str, out: str, epochs: int, optim: OptimConfig, opts: R
         if lp:
             write_model(lp, {k: v.detach() for k, v in model.state_dict().items()}, spec,
                         m.history + [history_entry("train", options, [m.parent()], res.final_metrics, wall,
-                                                   s.ds.info.name, note="last epoch")], info)
+                                                   s.ds.info.name, note="last epoch", device=s.rt.describe())], info)
             summary["last_output"] = lp
+        state.clear()  # the outputs are written: the resume state has done its job
         progress.info(f"wrote {out if out != '-' else 'stdout'} (best epoch {res.best_epoch}, "
                       f"val top-1 {summary['val_top1'] if summary['val_top1'] is not None else 'n/a'})")
+    barrier(s.rt)  # no rank leaves before rank 0 has written
     return summary

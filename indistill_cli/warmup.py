@@ -9,6 +9,7 @@ curves of the paper's Figure 2.
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -21,8 +22,9 @@ from indistill_cli.curriculum import epochs_per_tap, phases, tap_of_epoch
 from indistill_cli.data import check_compatible
 from indistill_cli.errors import BadInput
 from indistill_cli.engine import Engine, OptimConfig
-from indistill_cli.flow import FlowPair, flow_mse, mse, pairs_from_teacher
+from indistill_cli.flow import FlowPair, StudentUpTo, flow_mse, mse, pairs_from_teacher
 from indistill_cli.models import model_from_checkpoint, spec_name
+from indistill_cli.runtime import barrier, broadcast_state, ddp, maybe_compile, sync_batchnorm
 from indistill_cli.session import RunOptions, open_session
 
 
@@ -42,6 +44,15 @@ def run_warmup(teacher_arg: str, student_arg: str, out: str, optim: OptimConfig,
                a: float = 2.0, b: float = 1.0, explicit: str | None = None, cumulative: bool = False,
                plot: str | None = None, flow_images: int = 1000, force: bool = False) -> dict[str, Any]:
     check_output(out, force)
+    if flow_images < 1:
+        raise BadInput(f"--flow-images must be at least 1, got {flow_images}")
+    optim.validate()  # a bad option must fail before any loading or output
+    from indistill_cli.resume import RunState
+
+    state = RunState("warmup", out, {"stage": "warmup", "teacher": teacher_arg, "student": student_arg, "a": a, "b": b,
+                                     "epochs_per_tap": explicit, "cumulative": cumulative, "flow_images": flow_images,
+                                     "optim": optim.as_dict(), "opts": opts.as_dict()}, opts, force=force)
+    state.check()
     t0 = time.perf_counter()
     teacher_ck = load_checkpoint(teacher_arg)
     if teacher_ck.role not in ("pruned-teacher", "model"):
@@ -49,6 +60,8 @@ def run_warmup(teacher_arg: str, student_arg: str, out: str, optim: OptimConfig,
     s = open_session(opts)
     check_compatible(s.ds.info, teacher_ck.spec, f"teacher {teacher_ck.source}")
     student = resolve_model(student_arg, s.ds.info, "student")
+    state.add_key("parents", [teacher_ck.sha256, student.parent().get("sha256") or student.name])
+    state.is_main = s.rt.is_main
     pairs = pairs_from_teacher(teacher_ck, student.spec)
     sched = epochs_per_tap(len(pairs), a, b, explicit)
     epoch_tap = tap_of_epoch(sched)
@@ -56,7 +69,8 @@ def run_warmup(teacher_arg: str, student_arg: str, out: str, optim: OptimConfig,
     teacher = model_from_checkpoint(teacher_ck).to(rt.device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    model = student.model.to(rt.device)
+    model = sync_batchnorm(student.model.to(rt.device), rt, opts.sync_bn)
+    broadcast_state(model, rt)  # every rank starts from rank 0's student (phases wrap only part of it in DDP)
     if rt.channels_last:
         model, teacher = model.to(memory_format=torch.channels_last), teacher.to(memory_format=torch.channels_last)
     flow = FlowPair(teacher, model, pairs)
@@ -66,23 +80,47 @@ def run_warmup(teacher_arg: str, student_arg: str, out: str, optim: OptimConfig,
     progress.info(f"warmup {student.name} from {spec_name(teacher_ck.spec)} on {s.ds.info.name} ({rt.describe()}): "
                   + ", ".join(f"{p.teacher_tap}->{p.student_tap} {n} ep" for p, n in zip(pairs, sched)))
     names = [p.student_tap for p in pairs]
-    curves: dict[str, list[float]] = {n: [v] for n, v in zip(names, flow_mse(flow, fixed))}
+    curves: dict[str, list[float]] = {n: [v] for n, v in zip(names, flow_mse(flow, fixed, rt))}
+    # a resumed run continues the curves it had (the first point is the untrained student's)
+    state.register("curves", lambda: curves, lambda saved: (curves.clear(), curves.update(saved)))
+
+    phase_nets: dict[int, Any] = {}
+
+    def phase_net(l: int, x: torch.Tensor) -> Any:
+        """What tap l's epochs train: the student up to tap l (StudentUpTo), in DDP under torchrun.
+
+        The forward stops after tap l, so the parameters past it get no gradient in this phase. Plain DDP
+        (find_unused_parameters=False) would wait for them forever, and find_unused_parameters=True
+        would walk the autograd graph every step of every stage to find what a phase change already
+        tells us. So DDP is rebuilt once per curriculum phase, over the module that phase runs, with the
+        parameters (and their modules' buffers) no gradient reaches excluded: a probe backward finds
+        them, identically on every rank. Each rebuild broadcasts rank 0's state, which all ranks already
+        share (broadcast at the start, then identical all-reduced updates).
+        """
+        if l not in phase_nets:
+            phase_nets.clear()
+            gc.collect()  # the previous phase's DDP (its gradient hooks) must be gone before the next one
+            m = StudentUpTo(flow, 0 if cumulative else l, l)
+            ignore = m.unused_state(torch.zeros_like(x[:2])) if rt.distributed else []
+            phase_nets[l] = maybe_compile(ddp(m, rt, ignore), opts.compile)
+        return phase_nets[l]
 
     def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
         l = epoch_tap[epoch]
-        targets = flow.targets(batch.x, l)
-        maps = flow.student_maps(batch.x, l)
         first = 0 if cumulative else l
-        terms = {f"mse_{names[i]}": mse(maps[i], targets[i]) for i in range(first, l + 1)}
+        targets = flow.targets(batch.x, l)
+        maps = phase_net(l, batch.x)(batch.x)  # taps first..l
+        terms = {f"mse_{names[i]}": mse(maps[i - first], targets[i]) for i in range(first, l + 1)}
         return {"loss": sum(terms.values()), **terms}
 
     def validate(epoch: int) -> dict[str, float]:
-        vals = flow_mse(flow, fixed)
+        vals = flow_mse(flow, fixed, rt)
         for n, v in zip(names, vals):
             curves[n].append(v)
         return {"active_tap": epoch_tap[epoch] + 1, **{f"val_mse_{n}": v for n, v in zip(names, vals)}}
 
-    engine = Engine(rt, optim, len(epoch_tap), label=f"warmup {student.name}")
+    engine = Engine(rt, optim, len(epoch_tap), label=f"warmup {student.name}", skip_nonfinite=opts.skip_nonfinite,
+                    state=state)
     res = engine.fit(model, model, step, loader, validate)
     wall = time.perf_counter() - t0
     initial = {n: c[0] for n, c in curves.items()}
@@ -97,7 +135,7 @@ def run_warmup(teacher_arg: str, student_arg: str, out: str, optim: OptimConfig,
                            for p, n in zip(pairs, sched)],
                  "epochs_per_tap": sched, "cumulative": cumulative, "initial_mse": initial, "final_mse": final}
     summary = {"stage": "warmup", "student": student.name, "teacher": spec_name(teacher_ck.spec), "output": out,
-               **warm_info, "curves": curves, "images_per_sec": round(res.images_per_sec, 1),
+               **warm_info, "curves": curves, "epochs": res.history, "images_per_sec": round(res.images_per_sec, 1),
                "peak_memory_mb": round(res.peak_memory_mb, 1), "wall_s": round(wall, 2)}
     if rt.is_main:
         options = {"a": a, "b": b, "epochs_per_tap": sched, "cumulative": cumulative, "flow_images": flow_images,
@@ -108,6 +146,9 @@ def run_warmup(teacher_arg: str, student_arg: str, out: str, optim: OptimConfig,
             metrics, wall, s.ds.info.name, warmup=warm_info, curves=curves, device=rt.describe())]
         summary["sha256"] = write_model(out, res.best_state, student.spec, hist, {"dataset": s.ds.info.as_dict(),
                                                                                    "warmup": warm_info})
+        state.clear()  # the outputs are written: the resume state has done its job
         progress.table("information flow (validation MSE per tap)", ["tap", "before", "after", "epochs"],
                        [[n, initial[n], final[n], k] for n, k in zip(names, sched)])
+    phase_nets.clear()
+    barrier(rt)  # no rank leaves before rank 0 has written
     return summary

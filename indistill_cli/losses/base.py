@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from indistill_cli.taps import match_spatial  # noqa: F401 - re-exported for the methods

@@ -66,6 +66,29 @@ def nce_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:
     return -(log_d1.sum() + log_d0.sum()) / n
 
 
+def _from_all_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Under torchrun, every rank's batch (concatenated in rank order), so that each rank applies the
+    same bank updates and the banks stay identical across ranks (DDP does not broadcast them)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors
+    world = dist.get_world_size()
+    n = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    counts = [int(c) for c in sizes]  # batches may differ by a few samples (the last one)
+    top = max(counts)
+    out = []
+    for t in tensors:
+        padded = torch.zeros((top, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        padded[: t.shape[0]] = t
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        out.append(torch.cat([p[:c] for p, c in zip(parts, counts)]))
+    return tuple(out)
+
+
 @register("crd")
 class CRD(DistillLoss):
     """NCE between projected student/teacher embeddings with memory-bank negatives."""
@@ -149,17 +172,17 @@ class CRD(DistillLoss):
 
     @torch.no_grad()
     def _normalisers(self, out_s: torch.Tensor, out_t: torch.Tensor) -> torch.Tensor:
-        """Z constants; estimated from this batch while unset (stored when training)."""
-        if bool((self.z < 0).any()):
-            est = torch.stack([out_s.mean(), out_t.mean()]).to(self.z) * self.num_data
-            z = torch.where(self.z < 0, est, self.z)
-            if self.training:
-                self.z.copy_(z)
-            return z
-        return self.z.clone()
+        """Z constants; estimated from this batch while unset (stored when training). Branch-free, so a
+        step never reads a tensor back to the host (no GPU sync, CUDA-graph friendly)."""
+        est = torch.stack([out_s.mean(), out_t.mean()]).to(self.z) * self.num_data
+        z = torch.where(self.z < 0, est, self.z)
+        if self.training:
+            self.z.copy_(z)
+        return z
 
     @torch.no_grad()
     def _update_banks(self, idx: torch.Tensor, v_s: torch.Tensor, v_t: torch.Tensor) -> None:
+        idx, v_s, v_t = _from_all_ranks(idx, v_s.detach(), v_t.detach())
         m = float(self.hp["nce_m"])
         for bank, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
             mixed = bank.index_select(0, idx) * m + v.detach().to(bank) * (1.0 - m)
