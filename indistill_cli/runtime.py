@@ -131,7 +131,7 @@ def ddp(module: torch.nn.Module, rt: Runtime, ignore: list[str] | tuple[str, ...
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     if ignore:
-        # the documented-in-code hook DDP reads at construction (a static method on every torch >= 1.8)
+        # DDP reads this list at construction (a private static method, present on every torch >= 1.8)
         setter = getattr(DDP, "_set_params_and_buffers_to_ignore_for_model", None)
         if setter is not None:
             setter(module, list(ignore))

@@ -1,0 +1,228 @@
+"""Many processes: torchrun (gloo on CPU) runs the training commands, and DDP gives one big batch's step.
+
+The equivalence tests spawn two processes with a gloo process group on 127.0.0.1 and drive the real
+pieces (Engine, TensorLoader rank shards, runtime.ddp, the warmup's per-phase StudentUpTo + DDP with
+the unused parameters excluded, flow_mse's reduction), then compare with one process on the whole batch.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import cli_env
+
+from indistill_cli.checkpoint import load_checkpoint
+
+torch.set_num_threads(1)
+DATA = ("--data", "synthetic:1x28x28:10:160", "--val-fraction", "0.2", "--batch-size", "32")
+
+
+# ----------------------------------------------------------------------------- torchrun, the real CLI
+
+def _torchrun(*args: str, cwd: Path) -> tuple[int, str, str]:
+    env = cli_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "indistill_cli", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                       timeout=300, stdin=subprocess.DEVNULL)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_torchrun_pipeline_trains_warms_up_and_distills_to_valid_checkpoints(tmp_path):
+    """One torchrun launch of the whole chain: train (teacher), prune, warmup (one DDP per curriculum
+    phase), distill (kd + fitnet: the regressors train in DDP with the student), evaluate, retrieve."""
+    code, out, err = _torchrun("pipeline", "-t", "cnn3-w0.5", "-s", "cnn3-w0.25", "--teacher-epochs", "1",
+                               "--epochs", "1", "--epochs-per-tap", "1,1,1", "-m", "kd", "-m", "fitnet", *DATA,
+                               "-o", "run", "--json", cwd=tmp_path)
+    assert code == 0, err[-4000:]
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert len(lines) == 1, out  # only rank 0 prints the JSON result
+    result = json.loads(lines[0])
+    assert result["stages"] == ["teacher", "prune", "warmup", "distill", "evaluate", "retrieve"]
+    text = " ".join(err.split())  # rich wraps lines
+    assert text.count("stage 4/6: distill") == 1, err  # only rank 0 reports
+    run = tmp_path / "run"
+    for name, stage in [("teacher.safetensors", "train"), ("teacher_pruned.safetensors", "prune"),
+                        ("student_warm.safetensors", "warmup"), ("student.safetensors", "distill")]:
+        ck = load_checkpoint(str(run / name))
+        assert ck.history[-1]["stage"] == stage, name
+        assert all(torch.isfinite(v).all() for v in ck.state.values() if v.is_floating_point()), name
+    assert "2 ranks" in load_checkpoint(str(run / "student.safetensors")).history[-1]["device"]
+    assert (run / "student.adapters.safetensors").exists()  # the fitnet regressors
+    for stage in ("teacher", "warmup", "distill"):  # the loop's throughput and peak memory in every summary
+        summary = result["results"][stage]
+        assert summary["images_per_sec"] > 0 and summary["peak_memory_mb"] > 0, stage
+    warm = result["results"]["warmup"]
+    assert warm["epochs_per_tap"] == [1, 1, 1]
+    ev = json.loads((run / "evaluate.json").read_text())
+    assert ev["n"] == 32 and 0 <= ev["top1"] <= 1  # rank shards all-reduced: every test image once
+
+
+# ----------------------------------------------------------------------------- spawned ranks vs one process
+
+class Tiny(nn.Module):
+    """A BatchNorm-free net with two taps, so a big batch and two half batches give the same gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block1 = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+        self.block2 = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, stride=2), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block2(self.block1(x)))
+
+
+def _engine_step(rt) -> dict:
+    """One Engine step of CE on TensorLoader's rank shard of 128 images (64 per rank on 2 ranks)."""
+    from indistill_cli import data as D
+    from indistill_cli.engine import Engine, OptimConfig
+    from indistill_cli.runtime import ddp
+
+    torch.manual_seed(123 + rt.rank)  # a different init on rank 1: DDP's wrap-time broadcast must fix it
+    model = Tiny()
+    g = torch.Generator().manual_seed(0)
+    split = D.Split(torch.randint(0, 256, (128, 1, 8, 8), generator=g, dtype=torch.uint8),
+                    torch.randint(0, 10, (128,), generator=g))
+    info = D.DataInfo("t", 10, 1, (8, 8), [0.5], [0.25], [str(i) for i in range(10)])
+    loader = D.TensorLoader(split, info, 128 // rt.world, shuffle=True, seed=0, drop_last=True, rank=rt.rank,
+                            world=rt.world)
+    net = ddp(model, rt)
+
+    def step(batch, epoch):
+        logits = net(batch.x)
+        return {"loss": F.cross_entropy(logits, batch.y), "_correct": (logits.argmax(1) == batch.y).sum()}
+
+    cfg = OptimConfig("sgd", lr=0.5, momentum=0.9, weight_decay=5e-4, schedule="none")
+    res = Engine(rt, cfg, 1, label="t").fit(model, model, step, loader)
+    assert len(loader) == 1
+    return {"state": {k: v.clone() for k, v in model.state_dict().items()}, "row": res.history[0]}
+
+
+def _warmup_phases(rt) -> dict:
+    """Two warmup phases the way warmup.py runs them: StudentUpTo per phase, DDP over it without the
+    parameters the phase cannot reach; plus flow_mse reduced over ranks."""
+    from indistill_cli.flow import FlowPair, Pair, StudentUpTo, flow_mse, mse
+    from indistill_cli.runtime import broadcast_state, ddp
+
+    torch.manual_seed(99)
+    teacher = Tiny().eval()
+    torch.manual_seed(7 + rt.rank)
+    student = Tiny()
+    head0 = student.head[2].weight.detach().clone()
+    broadcast_state(student, rt)
+    flow = FlowPair(teacher, student, [Pair("block1", "block1", None), Pair("block2", "block2", None)])
+    opt = torch.optim.SGD(student.parameters(), lr=0.5, momentum=0.9)
+    x_all = torch.randn(128, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    x = x_all[rt.rank :: rt.world]
+    ignored = []
+    for tap in (0, 1):
+        m = StudentUpTo(flow, tap, tap)
+        ignore = m.unused_state(torch.zeros_like(x[:2])) if rt.distributed else []
+        ignored.append(ignore)
+        net = ddp(m, rt, ignore)
+        for _ in range(2):  # a second step: DDP would fail here if a parameter had waited for a gradient
+            loss = mse(net(x)[0], flow.targets(x, tap)[tap])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        del net
+        gc.collect()
+    return {"state": {k: v.clone() for k, v in student.state_dict().items()}, "ignored": ignored,
+            "head_untouched": bool(torch.equal(student.head[2].weight, head0)) if rt.rank == 0 else None,
+            "flow": flow_mse(flow, [x_all[:50], x_all[50:]], rt)}
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), INDISTILL_QUIET="1")
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from indistill_cli.runtime import Runtime
+
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
+    try:
+        rt = Runtime(torch.device("cpu"), "fp32", False, rank, world, rank)
+        torch.save({"engine": _engine_step(rt), "warmup": _warmup_phases(rt)}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("ddp")
+    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 240
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two spawned ranks did not finish in 240 s")
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def one_rank():
+    from indistill_cli import progress
+    from indistill_cli.runtime import Runtime
+
+    progress.set_quiet(True)
+    try:
+        rt = Runtime(torch.device("cpu"), "fp32", False)
+        return {"engine": _engine_step(rt), "warmup": _warmup_phases(rt)}
+    finally:
+        progress.set_quiet(False)
+
+
+def _close(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_ddp_step_on_2x64_equals_one_step_on_1x128(two_ranks, one_rank):
+    r0, r1 = (r["engine"] for r in two_ranks)
+    for k in r0["state"]:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k  # the ranks agree exactly
+    _close(r0["state"], one_rank["engine"]["state"])
+    # the logged epoch means are all-reduced: the same on both ranks, and the single process's
+    assert r0["row"]["train_loss"] == r1["row"]["train_loss"]
+    assert r0["row"]["train_loss"] == pytest.approx(one_rank["engine"]["row"]["train_loss"], rel=1e-5)
+    assert r0["row"]["train_acc"] == one_rank["engine"]["row"]["train_acc"]
+
+
+def test_warmup_phases_under_ddp_equal_one_process(two_ranks, one_rank):
+    r0, r1 = (r["warmup"] for r in two_ranks)
+    for k in r0["state"]:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k
+    _close(r0["state"], one_rank["warmup"]["state"])
+    # phase 1 (tap block1) reaches neither block2 nor the head; phase 2 not the head
+    assert r0["ignored"][0] == [f"student.{n}" for n in ("block2.0.bias", "block2.0.weight", "head.2.bias",
+                                                         "head.2.weight")]
+    assert r0["ignored"][1] == ["student.head.2.bias", "student.head.2.weight"]
+    assert r0["head_untouched"]
+    # flow_mse: each rank evaluates every second image, the reduced sums equal one process's
+    assert r0["flow"] == r1["flow"]
+    assert r0["flow"] == pytest.approx(one_rank["warmup"]["flow"], rel=1e-6)
