@@ -17,15 +17,16 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from indistill_cli import losses
 from indistill_cli.checkpoint import load_checkpoint
-from indistill_cli.cli import app
 from indistill_cli.common import write_model
 from indistill_cli.models import make_spec, model_from_checkpoint
 
-DATA = "fashion-mnist-mini"
+from stage_helpers import (  # noqa: F401 - _one_thread is an autouse fixture
+    DATA, _bad, _ok, _one_thread, _shared_file, build_cnn3_teacher, build_quick_teacher,
+)
+
 VAL = ("--val-fraction", "0.05")
 ONE = ("--epochs", "1", *VAL)
 METHODS = ["kd", "pkt", "pkt-cosine", "fitnet", "at", "sp", "rkd", "dkd", "crd"]
@@ -34,99 +35,7 @@ METHODS = ["kd", "pkt", "pkt-cosine", "fitnet", "at", "sp", "rkd", "dkd", "crd"]
 MIN_TOP1 = {m: 0.55 for m in METHODS} | {"fitnet": 0.3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------- helpers
-
-def _cli(*args: object):
-    from indistill_cli import checkpoint, progress
-
-    try:
-        return CliRunner().invoke(app, [str(a) for a in args])
-    finally:  # in-process runs share module state: leave none behind
-        checkpoint._STDIN_CACHE = None
-        progress.set_quiet(False)
-
-
-def _ok(*args: object) -> dict:
-    res = _cli(*args, "--json", "-q")
-    assert res.exit_code == 0, res.output
-    return json.loads(res.stdout)
-
-
-def _bad(*args: object, needles: tuple[str, ...] = ()) -> str:
-    """A command that must fail as bad input: exit 2, exactly one 'error:' line on stderr, no traceback."""
-    res = _cli(*args)
-    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
-    assert "Traceback" not in res.output
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
-
-
-def _shared_file(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> str:
-    """Build an artefact once per test run (all xdist workers and test_warmup/test_retrieve share it)."""
-    from filelock import FileLock
-
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # common to all workers of this run
-    folder = base / "indistill_shared"
-    folder.mkdir(exist_ok=True)
-    out = folder / f"{name}.safetensors"
-    with FileLock(str(folder / f"{name}.lock")):
-        if not out.exists():
-            build(str(out))  # checkpoints are written atomically: existence means complete
-    return str(out)
-
-
-def build_cnn3_teacher(out: str) -> None:
-    """cnn3 trained one epoch on fashion-mnist-mini (val 0.05, seed 0): val top-1 ~0.75."""
-    from indistill_cli import progress
-    from indistill_cli.engine import OptimConfig
-    from indistill_cli.session import RunOptions
-    from indistill_cli.train import run_train
-
-    progress.set_quiet(True)
-    try:
-        run_train("cnn3", out, 1, OptimConfig(), RunOptions(data=DATA, val_fraction=0.05), save_last=False)
-    finally:
-        progress.set_quiet(False)
-
-
-def build_quick_teacher(name: str, steps: int):
-    """A teacher trained for `steps` Adam batches of 64 (cheap for models slow on a CPU)."""
-    def build(out: str) -> None:
-        import torch.nn.functional as F
-
-        from indistill_cli.session import RunOptions, open_session
-
-        s = open_session(RunOptions(data=DATA, val_fraction=0.05, batch_size=64))
-        info = s.ds.info
-        spec, model = make_spec(name, info.in_channels, info.num_classes, info.image_size,
-                                {"mean": info.mean, "std": info.std})
-        opt = torch.optim.Adam(model.parameters(), 3e-3)
-        model.train()
-        for i, b in enumerate(s.train_loader(spec)):
-            loss = F.cross_entropy(model(b.x), b.y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if i + 1 == steps:
-                break
-        write_model(out, {k: v.detach() for k, v in model.state_dict().items()}, spec, [],
-                    {"dataset": info.as_dict()})
-
-    return build
-
 
 def _prune(teacher: str, like: str):
     def build(out: str) -> None:
