@@ -114,3 +114,22 @@ def build_quick_teacher(name: str, steps: int):
                     {"dataset": info.as_dict()})
 
     return build
+
+
+def _prune(teacher: str, like: str):
+    def build(out: str) -> None:
+        _ok("prune", teacher, "--like", like, "-o", out, "--val-fraction", "0.02")
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def info():
+    from indistill_cli.data import load_dataset
+
+    return load_dataset(DATA).info
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> str:
+    return _shared_file(tmp_path_factory, "cnn3_teacher", build_cnn3_teacher)

@@ -24,7 +24,7 @@ from indistill_cli.common import write_model
 from indistill_cli.models import make_spec, model_from_checkpoint
 
 from stage_helpers import (  # noqa: F401 - _one_thread is an autouse fixture
-    DATA, _bad, _ok, _one_thread, _shared_file, build_cnn3_teacher, build_quick_teacher,
+    DATA, _bad, _ok, _one_thread, _shared_file, build_cnn3_teacher, build_quick_teacher, _prune, info, teacher,
 )
 
 VAL = ("--val-fraction", "0.05")
@@ -36,25 +36,6 @@ MIN_TOP1 = {m: 0.55 for m in METHODS} | {"fitnet": 0.3}
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _prune(teacher: str, like: str):
-    def build(out: str) -> None:
-        _ok("prune", teacher, "--like", like, "-o", out, "--val-fraction", "0.02")
-
-    return build
-
-
-@pytest.fixture(scope="module")
-def info():
-    from indistill_cli.data import load_dataset
-
-    return load_dataset(DATA).info
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> str:
-    return _shared_file(tmp_path_factory, "cnn3_teacher", build_cnn3_teacher)
-
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:

@@ -29,7 +29,7 @@ from indistill_cli.flow import FlowPair, mse, pairs_from_teacher
 from indistill_cli.models import make_spec, model_from_checkpoint
 
 from stage_helpers import (  # noqa: F401 - _one_thread is an autouse fixture
-    DATA, _bad, _ok, _one_thread, _shared_file, build_cnn3_teacher, build_quick_teacher,
+    DATA, _bad, _ok, _one_thread, _shared_file, build_cnn3_teacher, build_quick_teacher, _prune, info, teacher,
 )
 
 VAL = ("--val-fraction", "0.05")  # 500 validation images (the flow images), 9500 to train on
@@ -43,25 +43,6 @@ def _subprocess_env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
     env.pop("INDISTILL_QUIET", None)
     return env
-
-
-def _prune(teacher: str, like: str):
-    def build(out: str) -> None:
-        _ok("prune", teacher, "--like", like, "-o", out, "--val-fraction", "0.02")
-
-    return build
-
-
-@pytest.fixture(scope="module")
-def info():
-    from indistill_cli.data import load_dataset
-
-    return load_dataset(DATA).info
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> str:
-    return _shared_file(tmp_path_factory, "cnn3_teacher", build_cnn3_teacher)
 
 
 @pytest.fixture(scope="module")
