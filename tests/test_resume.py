@@ -230,8 +230,6 @@ def test_distill_crd_sigint_then_resume_restores_memory_and_sampler(work, tmp_pa
     assert h["seed"] == 2 and h["device"].startswith("cpu") and "torch" in h["env"]
 
 
-@pytest.mark.skipif(os.environ.get("INDISTILL_TEST_TORCHRUN") != "1",
-                    reason="~35 s of torchrun launches; set INDISTILL_TEST_TORCHRUN=1 to run")
 def test_torchrun_two_ranks_stop_at_the_same_step_and_resume_bitwise(tmp_path):
     """Under torchrun (gloo) both ranks agree on the step, rank 0 writes the state with every rank's RNG,
     and a resumed two-rank run equals an uninterrupted one."""
