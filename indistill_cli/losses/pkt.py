@@ -73,14 +73,16 @@ def pkt_cosine(s: torch.Tensor, t: torch.Tensor, eps: float = 1e-7) -> torch.Ten
     return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
 
 
-@register("pkt")
-class PKT(DistillLoss):
-    """InDistill's combined cosine + distance-kernel PKT (symmetric divergence)."""
+class _PKTBase(DistillLoss):
+    """Shared forward of both PKT variants: the divergence `kernel_loss` between embedding batches."""
 
     uses = "embedding"
-    default_weight = 1.0
     ce_weight = 1.0
     hparams: dict[str, float | int] = {}
+
+    @staticmethod
+    def kernel_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def forward(
         self,
@@ -90,24 +92,20 @@ class PKT(DistillLoss):
         index: torch.Tensor | None,
         epoch: int,
     ) -> torch.Tensor:
-        return pkt_combined(s.feats[0], teacher_view(t.feats[0]))
+        return self.kernel_loss(s.feats[0], teacher_view(t.feats[0]))
+
+
+@register("pkt")
+class PKT(_PKTBase):
+    """InDistill's combined cosine + distance-kernel PKT (symmetric divergence)."""
+
+    default_weight = 1.0
+    kernel_loss = staticmethod(pkt_combined)
 
 
 @register("pkt-cosine")
-class PKTCosine(DistillLoss):
+class PKTCosine(_PKTBase):
     """Original PKT: KL between cosine-kernel conditional probabilities."""
 
-    uses = "embedding"
     default_weight = 30000.0
-    ce_weight = 1.0
-    hparams: dict[str, float | int] = {}
-
-    def forward(
-        self,
-        s: Feats,
-        t: Feats,
-        labels: torch.Tensor,
-        index: torch.Tensor | None,
-        epoch: int,
-    ) -> torch.Tensor:
-        return pkt_cosine(s.feats[0], teacher_view(t.feats[0]))
+    kernel_loss = staticmethod(pkt_cosine)
