@@ -24,6 +24,7 @@ class Resolved:
     model: nn.Module
     spec: dict[str, Any]
     ckpt: Checkpoint | None  # None when built fresh from a name
+    init_seed: int | None = None  # the seed a fresh model's weights were drawn with
 
     @property
     def name(self) -> str:
@@ -35,13 +36,16 @@ class Resolved:
 
     def parent(self) -> dict[str, str]:
         if self.ckpt is None:
-            return {"arch": self.name}
+            return {"arch": self.name} if self.init_seed is None else {"arch": self.name, "init_seed": self.init_seed}
         return {"path": self.ckpt.source, "sha256": self.ckpt.sha256}
 
 
 def resolve_model(arg: str, info: DataInfo, what: str = "student", trained: bool = False,
-                  pretrained: bool = False, role: str | None = "model") -> Resolved:
-    """A checkpoint (verified, fitted to the data) or a fresh model from an architecture name."""
+                  pretrained: bool = False, role: str | None = "model", seed: int | None = None) -> Resolved:
+    """A checkpoint (verified, fitted to the data) or a fresh model from an architecture name.
+
+    A fresh model's weights depend on (architecture, data shape, `seed`) only, so `train`, `warmup`,
+    `distill` and `pipeline` given one --seed start from the same student (see `make_spec`)."""
     if looks_like_checkpoint(arg):
         ckpt = load_checkpoint(arg)
         if ckpt.role == "embeddings" or (role is not None and ckpt.role != role):
@@ -53,8 +57,8 @@ def resolve_model(arg: str, info: DataInfo, what: str = "student", trained: bool
                        f"with `indistill train {arg} --data ...` and pass the checkpoint, or add --pretrained for "
                        f"hub models on machines that reach the hub")
     spec, model = make_spec(arg, info.in_channels, info.num_classes, info.image_size,
-                            {"mean": info.mean, "std": info.std}, pretrained=pretrained)
-    return Resolved(model, spec, None)
+                            {"mean": info.mean, "std": info.std}, pretrained=pretrained, seed=seed)
+    return Resolved(model, spec, None, seed)
 
 
 def _wrong_role(ckpt: Checkpoint, what: str) -> str:

@@ -39,16 +39,37 @@ class DataInfo:
     name: str
     num_classes: int
     in_channels: int
-    image_size: tuple[int, int]
+    image_size: tuple[int, int]  # what models are built for and fed (the served size)
     mean: list[float]
     std: list[float]
     classes: list[str]
     flip: bool = True  # horizontal flips are label-preserving (not for digits)
     pad: int = 4  # random-crop padding
+    source_size: tuple[int, int] | None = None  # the stored images' size when it differs from image_size
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        return tuple(self.source_size or self.image_size)  # type: ignore[return-value]
+
+    def serving(self) -> str:
+        return serving_phrase(self.stored_size, self.image_size)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "num_classes": self.num_classes, "in_channels": self.in_channels,
-                "image_size": list(self.image_size), "mean": self.mean, "std": self.std, "classes": self.classes}
+        out = {"name": self.name, "num_classes": self.num_classes, "in_channels": self.in_channels,
+               "image_size": list(self.image_size), "mean": self.mean, "std": self.std, "classes": self.classes}
+        if self.source_size and tuple(self.source_size) != tuple(self.image_size):
+            out["source_size"] = list(self.source_size)
+            out["serving"] = self.serving()
+        return out
+
+
+def serving_phrase(stored: Any, size: Any) -> str:
+    """How stored images become model inputs, in one phrase (inspect and the logs show it)."""
+    (h, w), (H, W) = stored, size
+    if (h, w) == (H, W):
+        return f"{h}x{w} images as they are"
+    how = "zero-padded (centred)" if h <= H and w <= W else "resized"
+    return f"{h}x{w} images {how} to {H}x{W}"
 
 
 @dataclass
@@ -245,9 +266,29 @@ def _synthetic(spec: str, seed: int) -> tuple[DataInfo, Split, Split]:
     return info, Split(images[:n], labels[:n], "train"), Split(images[n:], labels[n:], "test")
 
 
+# CIFAR-style native families (cnn3 with unpadded convs above all) are built for 32x32: a 28x28 set is
+# served zero-padded to 32x32 by default (as LeNet-style setups do), so cnn3 sees the whole image and
+# its taps are 15/6/2 as in the paper instead of 13/5/1 over the top-left 22x22 pixels.
+SERVE_28_AT = 32
+
+
+def serve_size(stored: tuple[int, int], requested: int | None) -> tuple[int, int]:
+    """The size models see: --image-size when given, 32 for 28x28 sets, else the stored size."""
+    if requested is not None:
+        if not 8 <= requested <= 4096:
+            raise BadInput(f"--image-size must be between 8 and 4096 pixels, got {requested}")
+        return (requested, requested)
+    if tuple(stored) == (28, 28):
+        return (SERVE_28_AT, SERVE_28_AT)
+    return tuple(stored)  # type: ignore[return-value]
+
+
 def load_dataset(name: str, val_fraction: float = 0.1, root: str | Path | None = None,
                  image_size: int | None = None, seed: int = 0, download: bool = True) -> Dataset:
-    """Resolve a dataset name to tensors (or an ImageFolder) with train/val/test splits."""
+    """Resolve a dataset name to tensors (or an ImageFolder) with train/val/test splits.
+
+    Tensor sets keep their stored size; `info.image_size` is what models see (`serve_size`), and the
+    loaders pad (centred, zeros) or resize each batch to it."""
     root = Path(root) if root else data_root()
     if name.startswith("imagefolder:"):
         from indistill_cli.folder_data import load_imagefolder
@@ -276,6 +317,8 @@ def load_dataset(name: str, val_fraction: float = 0.1, root: str | Path | None =
         source = str(where)
     else:
         raise BadInput(f"unknown dataset '{name}'{did_you_mean(name, NAMES)}; known: {', '.join(NAMES)}")
+    stored = tuple(int(v) for v in train.images.shape[-2:])
+    info.source_size, info.image_size = stored, serve_size(stored, image_size)  # type: ignore[assignment]
     train, val = _carve_val(train, val_fraction)
     train.name, test.name = "train", "test"
     return Dataset(info, train, val, test, source)

@@ -19,12 +19,16 @@ def inspect_checkpoint(src: str) -> dict[str, Any]:
         "history": c.history,
     }
     sp = c.spec
+    sees = _sees(c)
+    if sees is not None:
+        out["sees"] = sees
     progress.table(f"{c.source}: {c.role} {out['model']}", ["field", "value"], [
         ["architecture", sp.get("arch")], ["width", sp.get("width")], ["input", f"{sp.get('in_channels')}x"
          f"{'x'.join(str(v) for v in sp.get('input_size', []))}"], ["classes", sp.get("num_classes")],
         ["parameters", f"{n_params:,}"], ["embedding", f"{sp.get('embedding', {}).get('name')} "
                                                        f"({sp.get('embedding', {}).get('dim')}-d)"],
-        ["dataset", c.info.get("dataset", {}).get("name", "?")], ["sha256", c.sha256[:16]]])
+        ["dataset", c.info.get("dataset", {}).get("name", "?")],
+        *([["sees", f"{sees['serving']}; {sees['text']}"]] if sees else []), ["sha256", c.sha256[:16]]])
     pruning = c.info.get("pruning")
     kept = {p["teacher_tap"]: p for p in pruning["pairs"]} if pruning else {}
     rows = []
@@ -42,6 +46,26 @@ def inspect_checkpoint(src: str) -> dict[str, Any]:
         shown = ", ".join(f"{k}={progress.fmt(v)}" for k, v in m.items() if isinstance(v, (int, float)))
         hrows.append([h.get("stage"), h.get("time", ""), h.get("data") or "", shown, f"{h.get('wall_s', 0):.1f}s"])
     progress.table("history", ["stage", "time", "data", "metrics", "wall"], hrows)
+    return out
+
+
+def _sees(c: Any) -> dict[str, Any] | None:
+    """What the model sees of its dataset's images (models.coverage); None for non-model files."""
+    if c.role not in ("model", "pruned-teacher"):
+        return None
+    from indistill_cli.data import serving_phrase
+    from indistill_cli.errors import BadInput
+    from indistill_cli.models import model_from_checkpoint
+    from indistill_cli.models.coverage import describe
+
+    ds = c.info.get("dataset", {})
+    size = list(c.spec.get("input_size", []))
+    stored = ds.get("source_size") or ds.get("image_size") or size
+    try:
+        out = describe(model_from_checkpoint(c), c.spec, tuple(stored))
+    except BadInput:
+        return None
+    out["serving"] = serving_phrase(stored, size)
     return out
 
 

@@ -66,7 +66,7 @@ def load_image(path: str, info: DataInfo, spec: dict[str, Any], device: torch.de
         raise BadInput(f"--query {path}: file not found") from None
     except (OSError, UnidentifiedImageError, ValueError):
         raise BadInput(f"--query {path}: not a readable image") from None
-    img = torch.nn.functional.interpolate(img[None].float(), size=tuple(info.image_size), mode="bilinear",
+    img = torch.nn.functional.interpolate(img[None].float(), size=tuple(info.stored_size), mode="bilinear",
                                           antialias=True, align_corners=False).round().clamp(0, 255).byte()
     loader = TensorLoader(Split(img, torch.zeros(1, dtype=torch.long)), info, 1, device=device,
                           model_channels=spec["in_channels"], model_size=tuple(spec["input_size"]))

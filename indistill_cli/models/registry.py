@@ -105,8 +105,26 @@ def build_model(spec: dict[str, Any], pretrained: bool = False) -> Any:
 
 
 def make_spec(name: str, in_channels: int, num_classes: int, input_size: tuple[int, int],
-              norm: dict[str, list[float]] | None = None, pretrained: bool = False) -> tuple[dict[str, Any], Any]:
-    """Resolve a name against a dataset's shape: returns (spec, fresh model) with taps probed."""
+              norm: dict[str, list[float]] | None = None, pretrained: bool = False,
+              seed: int | None = None) -> tuple[dict[str, Any], Any]:
+    """Resolve a name against a dataset's shape: returns (spec, fresh model) with taps probed.
+
+    With `seed`, the initial weights are a function of (name, shape, seed) alone: they are drawn from
+    a generator seeded with `seed` inside a forked RNG, so whatever a command built or drew before
+    (a teacher, a data split) the same seed gives the same student, and the caller's random streams
+    are left exactly as they were. Paired comparisons start every arm of a seed from one student.
+    """
+    if seed is None:
+        return _make_spec(name, in_channels, num_classes, input_size, norm, pretrained)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _make_spec(name, in_channels, num_classes, input_size, norm, pretrained)
+
+
+def _make_spec(name: str, in_channels: int, num_classes: int, input_size: tuple[int, int],
+               norm: dict[str, list[float]] | None, pretrained: bool) -> tuple[dict[str, Any], Any]:
     arch, width = parse_name(name)
     if arch.startswith("tv:"):
         in_channels = 3  # torchvision stems are RGB; grayscale data is repeated to 3 channels
