@@ -30,7 +30,13 @@ Data = Annotated[str, typer.Option("--data", "-d", help="fashion-mnist-mini, fas
 DataRoot = Annotated[Optional[str], typer.Option(help="Folder with local datasets (default $INDISTILL_DATA "
                                                  "or ~/.cache/indistill/data).")]
 ValFraction = Annotated[float, typer.Option(help="Share of train held out for checkpoint selection.")]
-ImageSize = Annotated[Optional[int], typer.Option(help="Image size for imagefolder data.")]
+ImageSize = Annotated[Optional[int], typer.Option(help="Size models see (square): smaller images are zero-padded "
+                                                 "(centred), larger resized. Default: 32 for 28x28 sets (so CIFAR-style "
+                                                 "models see the whole image), the stored size for others, 224 for "
+                                                 "imagefolder.")]
+Select = Annotated[str, typer.Option(help="Which epoch to keep: auto (validation top-1 when a loss trains the "
+                                     "classifier head, else validation retrieval mAP when one trains the "
+                                     "embedding, else the last), top1, map or last.")]
 Epochs = Annotated[int, typer.Option("--epochs", "-e", help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Training batch size.")]
 EvalBatch = Annotated[int, typer.Option(help="Evaluation batch size.")]
@@ -172,6 +178,7 @@ def train(
     eval_batch_size: EvalBatch = 256,
     pretrained: Annotated[bool, typer.Option(help="Start timm/tv models from hub weights (needs network).")] = False,
     last: Annotated[bool, typer.Option("--last/--no-last", help="Also write OUT.last.safetensors.")] = True,
+    select: Select = "auto",
     skip_nonfinite: SkipNonfinite = 0,
     resume: Resume = False,
     save_every: SaveEvery = None,
@@ -202,7 +209,8 @@ def train(
                          state_dir=state_dir, strict=strict)
         optim = _optim(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
                        schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs)
-        return run_train(model, output, epochs, optim, opts, pretrained=pretrained, force=force, save_last=last)
+        return run_train(model, output, epochs, optim, opts, pretrained=pretrained, force=force, save_last=last,
+                         select=select)
 
     _run(body, json_out, quiet, output)
 
@@ -244,6 +252,7 @@ def prune(
     data_root: DataRoot = None,
     image_size: ImageSize = None,
     eval_batch_size: EvalBatch = 256,
+    select: Select = "auto",
     skip_nonfinite: SkipNonfinite = 0,
     resume: Resume = False,
     save_every: SaveEvery = None,
@@ -280,7 +289,7 @@ def prune(
         optim = _optim(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
                        schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs)
         return run_prune(teacher, like, output, opts, criterion=criterion, mode=mode, pairs=pair or [],
-                         finetune=finetune, optim=optim, data_given=data is not None, force=force)
+                         finetune=finetune, optim=optim, data_given=data is not None, force=force, select=select)
 
     _run(body, json_out, quiet)
 
@@ -396,6 +405,14 @@ def warmup(
     gamma: Gamma = 0.1,
     reset_optimizer_each_epoch: Annotated[bool, typer.Option(
         help="Re-create the optimiser every epoch (the reference code's habit).")] = False,
+    plan_epochs: Annotated[int, typer.Option(help="Make the warmup the first part of ONE lr plan over this many "
+                                             "student epochs (warmup + KD, as the reference runs its student): the "
+                                             "lr follows the plan and the optimiser state is written to a sidecar "
+                                             "that `distill --continue-plan` takes up. 0: the warmup alone.")] = 0,
+    plan: Annotated[Optional[str], typer.Option(help="Where --plan-epochs writes the sidecar (default "
+                                                "OUT.plan.safetensors; needed with -o -).")] = None,
+    select: Annotated[str, typer.Option(help="auto or last: the warmup trains taps only (no head, no embedding), "
+                                        "so it keeps its last epoch.")] = "auto",
     plot: Annotated[Optional[str], typer.Option(help="Write the per-tap MSE curves as PNG.")] = None,
     flow_images: Annotated[int, typer.Option(help="Validation images for the per-epoch flow curves.")] = 1000,
     seed: Seed = 0,
@@ -439,9 +456,9 @@ def warmup(
                          state_dir=state_dir, strict=strict)
         optim = _optim(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False,
                        schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=0,
-                       reset_each_epoch=reset_optimizer_each_epoch)
+                       reset_each_epoch=reset_optimizer_each_epoch, plan_epochs=plan_epochs)
         return run_warmup(teacher, student, output, optim, opts, a, b, epochs_per_tap, cumulative, plot,
-                          flow_images, force)
+                          flow_images, force, select, plan)
 
     _run(body, json_out, quiet, output)
 
@@ -465,8 +482,20 @@ def distill(
                                                          "OUT.adapters.safetensors).")] = None,
     flow_teacher: Annotated[Optional[str], typer.Option(help="Pruned teacher: record the per-tap MSE to its "
                                                              "targets every epoch (information flow).")] = None,
+    keep_flow: Annotated[float, typer.Option(help="Ours, not in the InDistill paper: keep the warmup's per-tap "
+                                             "MSE to --flow-teacher in the KD loss with this weight, decaying "
+                                             "by --keep-flow-decay per epoch, so KD does not undo the warmed "
+                                             "alignment at once. 0: off.")] = 0.0,
+    keep_flow_decay: Annotated[float, typer.Option(help="Per-epoch factor of the --keep-flow weight, in (0, 1].")] = 1.0,
+    continue_plan: Annotated[bool, typer.Option("--continue-plan", help="Continue the lr plan and optimiser state "
+                                                "a `warmup --plan-epochs N` left (one schedule for warmup + KD); "
+                                                "the optimiser options then come from the plan.")] = False,
+    plan: Annotated[Optional[str], typer.Option(help="The warmup's plan sidecar (default: beside --student, "
+                                                "STUDENT.plan.safetensors).")] = None,
+    select: Select = "auto",
     data: Data = "fashion-mnist-mini",
-    epochs: Epochs = 30,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", help="Training epochs (default 30; with "
+                                                  "--continue-plan: what the plan has left).")] = None,
     batch_size: BatchSize = 128,
     optimizer: Optimizer = "sgd",
     lr: Annotated[float, typer.Option(help="Base learning rate.")] = 0.05,
@@ -519,7 +548,8 @@ def distill(
         optim = _optim(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
                        schedule=schedule, milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs)
         return run_distill(teacher, student, output, method, param or [], ce, tap or [], embedding_tap, epochs,
-                           optim, opts, adapters, force, flow_teacher)
+                           optim, opts, adapters, force, flow_teacher, select=select, continue_plan=continue_plan,
+                           plan=plan, keep_flow=keep_flow, keep_flow_decay=keep_flow_decay)
 
     _run(body, json_out, quiet, output)
 
@@ -595,7 +625,18 @@ def pipeline(
                                                                              "stage, repeatable.")] = None,
     param: Annotated[Optional[list[str]], typer.Option(help="Method hyper-parameter, e.g. kd.temperature=2.")] = None,
     ce: Annotated[Optional[float], typer.Option(help="CE weight in distill (default: the method's recipe).")] = None,
-    epochs: Epochs = 30,
+    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Student epochs: in all, warmup included "
+                                        "(--budget equal), or of KD after the warmup (--budget added).")] = 30,
+    budget: Annotated[str, typer.Option(help="equal: the warmup's epochs count inside --epochs (the strict "
+                                        "comparison with --no-warmup); added: they run before an unchanged KD "
+                                        "schedule of --epochs (compare with --no-warmup --epochs E+W).")] = "equal",
+    schedule_mode: Annotated[str, typer.Option(help="continuous: warmup and KD are one run of one optimiser and "
+                                               "lr plan (the reference); separate: KD restarts its optimiser.")]
+    = "continuous",
+    keep_flow: Annotated[float, typer.Option(help="Ours, not in the paper: keep the warmup's per-tap MSE in the KD "
+                                             "loss with this weight (see distill --keep-flow). 0: off.")] = 0.0,
+    keep_flow_decay: Annotated[float, typer.Option(help="Per-epoch factor of the --keep-flow weight.")] = 1.0,
+    select: Select = "auto",
     warmup_stage: Annotated[bool, typer.Option("--warmup/--no-warmup", help="--no-warmup: the same chain without "
                                                                             "InDistill, for comparison.")] = True,
     retrieval: Annotated[bool, typer.Option("--retrieve/--no-retrieve", help="Retrieval evaluation at the end.")] = True,
@@ -605,10 +646,17 @@ def pipeline(
     save_every: SaveEvery = None,
     strict: Strict = False,
     batch_size: BatchSize = 128,
-    optimizer: Optimizer = "sgd",
-    lr: Annotated[float, typer.Option(help="Learning rate of the teacher and distill stages.")] = 0.05,
-    weight_decay: WeightDecay = 5e-4,
-    schedule: Schedule = "cosine",
+    optimizer: Annotated[str, typer.Option(help="The student's optimiser (warmup + KD plan): sgd, adam, adamw.")]
+    = "adam",
+    lr: Annotated[float, typer.Option(help="The student's learning rate (reference: Adam 1e-3).")] = 1e-3,
+    weight_decay: WeightDecay = 0.0,
+    schedule: Annotated[str, typer.Option(help="The student's lr schedule: multistep (default: x0.1 for the last "
+                                          "seventh of its epochs, the reference), cosine or none.")] = "multistep",
+    milestones: Annotated[str, typer.Option(help="multistep epochs of the student's plan (default: the last "
+                                            "seventh).")] = "",
+    teacher_optimizer: Annotated[str, typer.Option(help="Optimiser when the teacher is trained here.")] = "sgd",
+    teacher_lr: Annotated[float, typer.Option(help="Teacher learning rate.")] = 0.05,
+    teacher_schedule: Annotated[str, typer.Option(help="Teacher lr schedule.")] = "cosine",
     seed: Seed = 0,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -643,11 +691,15 @@ def pipeline(
                          channels_last=channels_last, augment=augment, deterministic=deterministic,
                          compile=compile_student, sync_bn=sync_bn,
                          skip_nonfinite=skip_nonfinite, resume=resume, save_every=save_every, strict=strict)
-        main_optim = _optim(optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule)
-        cfg = PipelineConfig(teacher, student, out, opts, teacher_epochs, main_optim, aux, aux_epochs,
+        student_optim = _optim(optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule,
+                               milestones=milestones)
+        teacher_optim = _optim(optimizer=teacher_optimizer, lr=teacher_lr, schedule=teacher_schedule)
+        cfg = PipelineConfig(teacher, student, out, opts, teacher_epochs, teacher_optim, aux, aux_epochs,
                              criterion=criterion, prune_mode=prune_mode, a=a, b=b, epochs_per_tap=epochs_per_tap,
                              methods=method or ["kd"], params=param or [], ce=ce, distill_epochs=epochs,
-                             distill_optim=main_optim, warmup=warmup_stage, retrieve=retrieval, resume=resume)
+                             distill_optim=student_optim, warmup=warmup_stage, retrieve=retrieval, resume=resume,
+                             budget=budget, schedule_mode=schedule_mode, select=select, keep_flow=keep_flow,
+                             keep_flow_decay=keep_flow_decay)
         return run_pipeline(cfg)
 
     _run(body, json_out, quiet)

@@ -37,6 +37,10 @@ class OptimConfig:
     gamma: float = 0.1
     warmup_epochs: int = 0
     reset_each_epoch: bool = False  # the InDistill reference re-creates Adam every epoch
+    # one lr plan across stages (warmup, then KD, as the reference runs its student): the plan spans
+    # plan_epochs (0: this run's own epochs) and this run starts plan_offset epochs into it
+    plan_epochs: int = 0
+    plan_offset: int = 0
 
     def validate(self) -> None:
         if self.optimizer not in ("sgd", "adam", "adamw"):
@@ -47,6 +51,8 @@ class OptimConfig:
             raise BadInput(f"--lr must be a positive number, got {self.lr}")
         if self.weight_decay < 0:
             raise BadInput("--weight-decay must be >= 0")
+        if self.plan_epochs < 0 or self.plan_offset < 0:
+            raise BadInput("the lr plan's length and offset must be >= 0")
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -61,7 +67,12 @@ def make_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.
 
 
 def lr_factor(cfg: OptimConfig, t: float, epochs: int) -> float:
-    """Multiplier of the base lr at fractional epoch t (warmup, then the schedule)."""
+    """Multiplier of the base lr at fractional epoch t of this run (warmup, then the schedule).
+
+    With a plan (cfg.plan_epochs), t is shifted by plan_offset and the schedule spans the plan, so
+    a KD stage that continues a warmup's plan takes up the lr exactly where the warmup left it."""
+    t += cfg.plan_offset
+    epochs = cfg.plan_epochs or epochs
     if cfg.warmup_epochs and t < cfg.warmup_epochs:
         return (t + 1e-3) / cfg.warmup_epochs
     if cfg.schedule == "cosine":
@@ -70,6 +81,31 @@ def lr_factor(cfg: OptimConfig, t: float, epochs: int) -> float:
     if cfg.schedule == "multistep":
         return cfg.gamma ** sum(1 for m in cfg.milestones if t >= m)
     return 1.0
+
+
+SELECT_KEYS = {"top1": "val_top1", "map": "val_map", "last": None}
+
+
+def resolve_select(requested: str, trains_head: bool, trains_embedding: bool, has_val: bool,
+                   what: str = "this run") -> str:
+    """--select: which epoch a run keeps. 'auto' picks what the run trains: validation top-1 when a loss
+    reaches the classifier head, else validation retrieval mAP when one reaches the embedding, else
+    the last epoch. An explicit choice that the run cannot support is refused, never silently used:
+    top-1 of a head no loss trains would keep an arbitrary epoch."""
+    if requested not in ("auto", *SELECT_KEYS):
+        raise BadInput(f"--select must be auto, last, top1 or map, got '{requested}'")
+    if requested == "auto":
+        if not has_val:
+            return "last"
+        return "top1" if trains_head else "map" if trains_embedding else "last"
+    if requested != "last" and not has_val:
+        raise BadInput(f"--select {requested} needs a validation split (--val-fraction > 0); use --select last")
+    if requested == "top1" and not trains_head:
+        raise BadInput(f"--select top1: no loss in {what} reaches the classifier head (no CE, no logit method), so "
+                       f"its top-1 is arbitrary; use --select map (validation retrieval mAP) or last")
+    if requested == "map" and not trains_embedding and not trains_head:
+        raise BadInput(f"--select map: no loss in {what} reaches the embedding; use --select last")
+    return requested
 
 
 @dataclass
@@ -81,6 +117,34 @@ class FitResult:
     images_per_sec: float
     peak_memory_mb: float
     wall_s: float
+    optimizer_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # by `keep` parameter name
+
+
+def _param_names(keep: nn.Module, params: list[nn.Parameter]) -> list[str | None]:
+    """Each trained parameter's name in `keep` (the model whose state a run returns); None for the
+    parameters outside it (KD adapters), which carry no optimiser state between stages."""
+    by_id = {id(p): n for n, p in keep.named_parameters()}
+    return [by_id.get(id(p)) for p in params]
+
+
+def named_optimizer_state(opt: torch.optim.Optimizer, names: list[str | None]) -> dict[str, dict[str, torch.Tensor]]:
+    """The optimiser's per-parameter state (Adam moments and step, SGD momentum) keyed by parameter name."""
+    state = opt.state_dict()["state"]
+    return {n: {k: v.detach().cpu().clone() for k, v in state[i].items() if torch.is_tensor(v)}
+            for i, n in enumerate(names) if n is not None and i in state}
+
+
+def load_named_optimizer_state(opt: torch.optim.Optimizer, names: list[str | None],
+                               named: dict[str, dict[str, torch.Tensor]]) -> int:
+    """Give the optimiser the per-parameter state of an earlier stage, by name; returns how many matched."""
+    sd = opt.state_dict()
+    hits = 0
+    for i, n in enumerate(names):
+        if n is not None and n in named:
+            sd["state"][i] = {k: v.clone() for k, v in named[n].items()}
+            hits += 1
+    opt.load_state_dict(sd)
+    return hits
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -126,8 +190,12 @@ class Engine:
 
     def fit(self, trainable: nn.Module, keep: nn.Module, step: Callable[[Any, int], dict[str, torch.Tensor]],
             loader: Any, validate: Callable[[int], dict[str, float]] | None = None,
-            on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
+            on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+            opt_state: dict[str, dict[str, torch.Tensor]] | None = None) -> FitResult:
         """Train `trainable`'s parameters; `keep` is the module whose best/last state is returned.
+
+        `opt_state` (by `keep` parameter name) continues an earlier stage's optimiser, e.g. the
+        warmup's Adam moments when KD continues its lr plan; the result carries the final one.
 
         With a `state` (resume.RunState), SIGINT/SIGTERM stop the run after the current step with a
         resumable state, states are also written every --save-every minutes, and a run given
@@ -142,7 +210,10 @@ class Engine:
 
         rt, cfg, guard = self.rt, self.cfg, self.state
         params = [p for p in trainable.parameters() if p.requires_grad]
+        names = _param_names(keep, params)
         opt = make_optimizer(params, cfg)
+        if opt_state:
+            load_named_optimizer_state(opt, names, opt_state)
         scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
         steps_per_epoch = max(1, len(loader))
         history: list[dict[str, float]] = []
@@ -358,7 +429,7 @@ class Engine:
             best_state, best_epoch = _snapshot(keep), self.epochs
         return FitResult(history, best_state, best_epoch, history[-1] if history else {},
                          train_images * rt.world / max(train_time, 1e-9), peak_memory_mb(rt.device),
-                         time.perf_counter() - t_start)
+                         time.perf_counter() - t_start, named_optimizer_state(opt, names))
 
     def _reduce(self, sums: dict[str, torch.Tensor], seen: int) -> dict[str, float]:
         """Epoch means of the logged terms (all-reduced across ranks)."""

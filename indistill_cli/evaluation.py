@@ -1,4 +1,5 @@
-"""Classification evaluation: loss, top-1/top-5 and per-class accuracy over a loader."""
+"""Evaluation over a loader: loss, top-1/top-5, per-class accuracy, and the validation retrieval mAP
+that checkpoint selection uses when a run trains the embedding but not the head."""
 
 from __future__ import annotations
 
@@ -8,15 +9,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from indistill_cli.metrics import topk_correct
+from indistill_cli.metrics import retrieval_metrics, topk_correct
 from indistill_cli.runtime import Runtime
+from indistill_cli.taps import TapSet, as_vector
 
 
 @torch.inference_mode()
-def classify(model: nn.Module, loader: Any, rt: Runtime, num_classes: int) -> dict[str, Any]:
-    """Metrics of `model` on every batch of `loader` (model put in eval mode, restored after)."""
+def classify(model: nn.Module, loader: Any, rt: Runtime, num_classes: int,
+             embedding: str | None = None) -> dict[str, Any]:
+    """Metrics of `model` on every batch of `loader` (model put in eval mode, restored after).
+
+    With `embedding` (a tap name) also "map": exact cosine mAP of that embedding with the loader's
+    images searching each other (leave-one-out), computed in the same pass."""
     was = model.training
     model.eval()
+    taps = TapSet(model, [embedding]) if embedding else None
+    embs: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
     loss = torch.zeros((), dtype=torch.float64, device=rt.device)
     top = {1: 0, 5: 0}
     per_class_hit = torch.zeros(num_classes, dtype=torch.long, device=rt.device)
@@ -26,6 +35,9 @@ def classify(model: nn.Module, loader: Any, rt: Runtime, num_classes: int) -> di
         with rt.autocast():
             logits = model(batch.x)
         logits = logits.float()
+        if taps is not None:
+            embs.append(as_vector(taps.out.pop(embedding)).float())
+            labels.append(batch.y)
         loss += F.cross_entropy(logits, batch.y, reduction="sum").double()
         for k, v in topk_correct(logits, batch.y, (1, 5)).items():
             top[k] = top.get(k, 0) + v
@@ -34,6 +46,8 @@ def classify(model: nn.Module, loader: Any, rt: Runtime, num_classes: int) -> di
         per_class_hit += torch.bincount(batch.y[hit], minlength=num_classes)
         n += int(batch.y.shape[0])
     model.train(was)
+    if taps is not None:
+        taps.close()
     counts = torch.tensor([float(loss), top.get(1, 0), top.get(5, 0), n], dtype=torch.float64, device=rt.device)
     if rt.distributed:
         import torch.distributed as dist
@@ -42,6 +56,22 @@ def classify(model: nn.Module, loader: Any, rt: Runtime, num_classes: int) -> di
         dist.all_reduce(per_class_hit)
         dist.all_reduce(per_class_n)
     total = max(float(counts[3]), 1.0)
-    return {"loss": float(counts[0]) / total, "top1": float(counts[1]) / total, "top5": float(counts[2]) / total,
-            "n": int(counts[3]),
-            "per_class": (per_class_hit.double() / per_class_n.clamp(min=1).double()).tolist()}
+    out = {"loss": float(counts[0]) / total, "top1": float(counts[1]) / total, "top5": float(counts[2]) / total,
+           "n": int(counts[3]),
+           "per_class": (per_class_hit.double() / per_class_n.clamp(min=1).double()).tolist()}
+    if taps is not None:
+        out["map"] = _self_map(torch.cat(embs), torch.cat(labels), rt)
+    return out
+
+
+def _self_map(emb: torch.Tensor, labels: torch.Tensor, rt: Runtime) -> float:
+    """Leave-one-out cosine mAP of a split searched in itself (every rank's shard gathered first)."""
+    if rt.distributed:
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * rt.world
+        dist.all_gather_object(parts, (emb.cpu(), labels.cpu()))
+        emb, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    if emb.shape[0] < 2:
+        return float("nan")
+    return float(retrieval_metrics(emb, labels, emb, labels, "cosine", ks=(1,), exclude_self=True)["map"])

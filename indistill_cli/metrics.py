@@ -84,8 +84,13 @@ def retrieval_metrics(
     chunk_size: int | None = None,
     device: torch.device | str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    exclude_self: bool = False,
 ) -> dict[str, float | int]:
     """Mean average precision, precision@k and recall@k of label-based retrieval.
+
+    ``exclude_self``: the queries ARE the database (same items, same order), and each query is
+    ranked against all the others (leave-one-out), e.g. the validation split searched in itself
+    when selecting a checkpoint on retrieval mAP.
 
     Each query ranks the FULL database (see the module docstring for the tie rule).
 
@@ -109,21 +114,24 @@ def retrieval_metrics(
     ``progress(done, total)`` is called after each chunk.
     """
     _check_retrieval_inputs(queries, q_labels, database, db_labels, metric, map_mode)
+    if exclude_self and (queries.shape != database.shape or not torch.equal(q_labels.cpu(), db_labels.cpu())):
+        raise ValueError("exclude_self needs the queries to be the database itself")
     ks = _check_ks(ks)
     device = _resolve_device(device, database)
     db = _Database.build(database, metric, device)
     q_lab, db_lab = _compact_labels(q_labels, db_labels, device)
-    num_relevant = torch.bincount(db_lab, minlength=int(q_lab.max()) + 1)[q_lab]
+    num_relevant = torch.bincount(db_lab, minlength=int(q_lab.max()) + 1)[q_lab] - int(exclude_self)
     # A fixed padded width keeps per-query reductions identical whatever the chunking.
     width = max(int(num_relevant.max()), 1)
 
-    num_q, num_db = queries.shape[0], db.size
-    chunk = _resolve_chunk_size(chunk_size, num_db)
+    num_q, num_db = queries.shape[0], db.size - int(exclude_self)
+    chunk = _resolve_chunk_size(chunk_size, db.size)
     ap = torch.zeros(num_q, dtype=torch.float64, device=device)
     hits = {k: torch.zeros(num_q, dtype=torch.long, device=device) for k in ks}
     for start in range(0, num_q, chunk):
         stop = min(start + chunk, num_q)
-        relevant = _ranked_relevance(queries[start:stop], q_lab[start:stop], db, db_lab)
+        relevant = _ranked_relevance(queries[start:stop], q_lab[start:stop], db, db_lab,
+                                     start if exclude_self else None)
         for k in ks:
             hits[k][start:stop] = relevant[:, : min(k, num_db)].sum(dim=1)
         precisions = _precisions_at_relevant(relevant, num_relevant[start:stop], width)
@@ -304,11 +312,20 @@ def _compact_labels(q_labels: Tensor, db_labels: Tensor, device: torch.device) -
     return inverse[:num_q].long(), inverse[num_q:].to(torch.int32)
 
 
-def _ranked_relevance(queries: Tensor, q_lab: Tensor, db: _Database, db_lab: Tensor) -> Tensor:
-    """(chunk, B) bool: is the item at each rank relevant to the query."""
+def _ranked_relevance(queries: Tensor, q_lab: Tensor, db: _Database, db_lab: Tensor,
+                      self_start: int | None = None) -> Tensor:
+    """(chunk, B) bool: is the item at each rank relevant to the query.
+
+    `self_start`: query i of this chunk is database item self_start + i; it is ranked last (key +inf,
+    every other key is finite) and that last column dropped, giving (chunk, B - 1)."""
     keys = _ranking_keys(queries, db)
+    if self_start is not None:
+        rows = torch.arange(keys.shape[0], device=keys.device)
+        keys[rows, rows + self_start] = float("inf")
     order = torch.sort(keys, dim=1, stable=True).indices  # stable: ties by database index
     del keys
+    if self_start is not None:
+        order = order[:, :-1]
     return db_lab[order] == q_lab.to(torch.int32).unsqueeze(1)
 
 

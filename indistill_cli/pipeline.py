@@ -6,6 +6,13 @@ student equals the one the separate commands give with the same seed):
   -> distill -> evaluate -> retrieve.
 Every output lands in one folder with a manifest; `--resume` skips a stage whose output exists and
 whose options and parent checkpoints are unchanged, so an interrupted run redoes only what is missing.
+
+The student's schedule: by default warmup and KD are ONE run of one optimiser and lr plan (the
+reference: Adam 1e-3, then 1e-4 for the last seventh of the epochs): the warmup writes its optimiser
+state and plan, and distill continues it (`--schedule-mode separate` restarts KD with its own
+optimiser instead). The budget view is explicit: `--budget equal` counts the warmup's epochs inside
+`--epochs` (the strict comparison with `--no-warmup`), `--budget added` runs them before an unchanged
+KD schedule of `--epochs` (then compare with `--no-warmup --epochs E+W`, KD given those epochs too).
 """
 
 from __future__ import annotations
@@ -47,11 +54,60 @@ class PipelineConfig:
     methods: list[str] = field(default_factory=lambda: ["kd"])
     params: list[str] = field(default_factory=list)
     ce: float | None = None
-    distill_epochs: int = 30
-    distill_optim: OptimConfig = field(default_factory=OptimConfig)
+    distill_epochs: int = 30  # the student's epochs: in all (budget equal) or of KD alone (budget added)
+    distill_optim: OptimConfig = field(default_factory=lambda: reference_student_optim())
     warmup: bool = True
     retrieve: bool = True
     resume: bool = False
+    budget: str = "equal"  # equal: warmup counted inside distill_epochs; added: before an unchanged KD schedule
+    schedule_mode: str = "continuous"  # continuous: warmup + KD one optimiser and lr plan; separate: two
+    select: str = "auto"
+    keep_flow: float = 0.0  # ours, not the paper's: see distill --keep-flow
+    keep_flow_decay: float = 1.0
+
+    def check(self) -> None:
+        if self.budget not in ("equal", "added"):
+            raise BadInput(f"--budget must be equal or added, got '{self.budget}'")
+        if self.schedule_mode not in ("continuous", "separate"):
+            raise BadInput(f"--schedule-mode must be continuous or separate, got '{self.schedule_mode}'")
+        if self.distill_epochs < 1:
+            raise BadInput(f"--epochs must be at least 1, got {self.distill_epochs}")
+        if self.keep_flow and not self.warmup:
+            raise BadInput("--keep-flow keeps the warmup's flow terms: it needs the warmup (drop --no-warmup)")
+
+
+def reference_student_optim() -> OptimConfig:
+    """The reference's student schedule: Adam 1e-3 without weight decay, 10x lower for the last seventh
+    (its 70 CIFAR epochs: 60 at 1e-3, 10 at 1e-4); the milestone is placed on the whole plan."""
+    return OptimConfig("adam", 1e-3, weight_decay=0.0, schedule="multistep", milestones=[])
+
+
+def with_milestone(optim: OptimConfig, total: int) -> OptimConfig:
+    """A multistep plan given no milestones gets the reference's: lr x gamma for the last seventh."""
+    if optim.schedule != "multistep" or optim.milestones:
+        return optim
+    return OptimConfig(**{**optim.as_dict(), "milestones": [total - max(1, round(total / 7))]})
+
+
+def budget_split(cfg: PipelineConfig, warm_epochs: int) -> tuple[int, int]:
+    """(warmup epochs, KD epochs) of the student under the budget view; KD alone without warmup."""
+    if not cfg.warmup:
+        return 0, cfg.distill_epochs
+    if cfg.budget == "added":
+        return warm_epochs, cfg.distill_epochs
+    if cfg.distill_epochs <= warm_epochs:
+        raise BadInput(f"--budget equal: --epochs {cfg.distill_epochs} must exceed the warmup's {warm_epochs} "
+                       f"epochs (they count inside it); raise --epochs or use --budget added")
+    return warm_epochs, cfg.distill_epochs - warm_epochs
+
+
+def budget_line(cfg: PipelineConfig, warm: int, kd: int) -> str:
+    """The one line that says which budget view a run (and its table) uses."""
+    if not cfg.warmup:
+        return f"budget: {kd} KD epochs, no warmup"
+    view = "equal total epochs (warmup counted inside)" if cfg.budget == "equal" else \
+        "warmup added before an unchanged KD schedule"
+    return f"budget: {view}: {warm} warmup + {kd} KD = {warm + kd} student epochs, {cfg.schedule_mode} schedule"
 
 
 @dataclass
@@ -108,26 +164,35 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
                                                 cfg.aux_optim, o, force=True)))
         source = aux
     student_in = cfg.student
+    warm_n, kd_n = budget_split(cfg, warmup_epochs(cfg) if cfg.warmup else 0)
+    continuous = cfg.warmup and cfg.schedule_mode == "continuous"
+    student_optim = with_milestone(cfg.distill_optim, warm_n + kd_n if continuous else kd_n)
+    pruned = p("teacher_pruned.safetensors")
     if cfg.warmup:
-        pruned, warm = p("teacher_pruned.safetensors"), p("student_warm.safetensors")
+        warm = p("student_warm.safetensors")
         stages.append(Stage("prune", "teacher_pruned.safetensors", 0,
                             {"like": cfg.student, "criterion": cfg.criterion, "mode": cfg.prune_mode}, [source],
                             lambda: run_prune(source, cfg.student, pruned, o, cfg.criterion, cfg.prune_mode,
                                               data_given=True, force=True)))
-        from indistill_cli.curriculum import epochs_per_tap
-
-        stages.append(Stage("warmup", "student_warm.safetensors", -1,
+        warm_optim = OptimConfig(**{**student_optim.as_dict(), "plan_epochs": warm_n + kd_n}) if continuous \
+            else cfg.warmup_optim
+        stages.append(Stage("warmup", "student_warm.safetensors", warm_n,
                             {"student": cfg.student, "a": cfg.a, "b": cfg.b, "epochs_per_tap": cfg.epochs_per_tap,
-                             **cfg.warmup_optim.as_dict()}, [pruned],
-                            lambda: run_warmup(pruned, cfg.student, warm, cfg.warmup_optim, o, cfg.a, cfg.b,
+                             **warm_optim.as_dict()}, [pruned],
+                            lambda: run_warmup(pruned, cfg.student, warm, warm_optim, o, cfg.a, cfg.b,
                                                cfg.epochs_per_tap, plot=p("flow.png"), force=True)))
         student_in = warm
     final = p("student.safetensors")
-    stages.append(Stage("distill", "student.safetensors", cfg.distill_epochs,
+    flow_teacher = pruned if cfg.warmup else None
+    stages.append(Stage("distill", "student.safetensors", kd_n,
                         {"student": cfg.student, "methods": cfg.methods, "params": cfg.params, "ce": cfg.ce,
-                         "epochs": cfg.distill_epochs, **cfg.distill_optim.as_dict()}, [source, student_in],
+                         "epochs": kd_n, "continue_plan": continuous, "select": cfg.select,
+                         "keep_flow": cfg.keep_flow, "keep_flow_decay": cfg.keep_flow_decay,
+                         **student_optim.as_dict()}, [source, student_in],
                         lambda: run_distill(source, student_in, final, cfg.methods, cfg.params, cfg.ce, [], None,
-                                            cfg.distill_epochs, cfg.distill_optim, o, force=True)))
+                                            None if continuous else kd_n, student_optim, o, force=True,
+                                            flow_teacher=flow_teacher, select=cfg.select, continue_plan=continuous,
+                                            keep_flow=cfg.keep_flow, keep_flow_decay=cfg.keep_flow_decay)))
     eval_opts = RunOptions(**{**o.as_dict(), "augment": False})
     stages.append(Stage("evaluate", "evaluate.json", 0, {"split": "test"}, [final],
                         lambda: run_evaluate(final, "test", eval_opts, teacher=p("teacher_pruned.safetensors")
@@ -144,12 +209,26 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
     return stages
 
 
+def warmup_epochs(cfg: PipelineConfig) -> int:
+    """The warmup's epochs for this student (its number of taps on the curriculum)."""
+    from indistill_cli.checkpoint import load_checkpoint
+    from indistill_cli.curriculum import epochs_per_tap
+    from indistill_cli.data import load_dataset
+    from indistill_cli.models import make_spec
+
+    if looks_like_checkpoint(cfg.student):
+        taps = len(load_checkpoint(cfg.student).spec["taps"])
+    else:
+        info = load_dataset(cfg.opts.data, cfg.opts.val_fraction, cfg.opts.data_root, cfg.opts.image_size).info
+        taps = len(make_spec(cfg.student, info.in_channels, info.num_classes, info.image_size)[0]["taps"])
+    return sum(epochs_per_tap(taps, cfg.a, cfg.b, cfg.epochs_per_tap))
+
+
 def estimate(cfg: PipelineConfig, stages: list[Stage]) -> dict[str, float]:
     """Seconds per training stage from a 3-step timing of each model on this machine (rough, +-50%)."""
     import torch
 
     from indistill_cli.checkpoint import load_checkpoint
-    from indistill_cli.curriculum import epochs_per_tap
     from indistill_cli.data import load_dataset
     from indistill_cli.models import build_model, make_spec
 
@@ -190,12 +269,7 @@ def estimate(cfg: PipelineConfig, stages: list[Stage]) -> dict[str, float]:
         elif st.name in ("aux-train", "aux-pkt") and cfg.aux:
             a_ips = ips(model_of(cfg.aux))
             out[st.name] = st.epochs * n * (1 / a_ips + (1 / t_inf if st.name == "aux-pkt" else 0))
-        elif st.name == "warmup":
-            taps = len(make_spec(cfg.student, info.in_channels, info.num_classes, info.image_size)[0]["taps"]) \
-                if not looks_like_checkpoint(cfg.student) else len(load_checkpoint(cfg.student).spec["taps"])
-            st.epochs = sum(epochs_per_tap(taps, cfg.a, cfg.b, cfg.epochs_per_tap))
-            out[st.name] = st.epochs * n * (1 / s_ips + 1 / t_inf)
-        elif st.name == "distill":
+        elif st.name in ("warmup", "distill"):
             out[st.name] = st.epochs * n * (1 / s_ips + 1 / t_inf)
     return out
 
@@ -208,6 +282,7 @@ def _load_manifest(d: Path) -> dict[str, Any]:
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    cfg.check()
     d = Path(cfg.out_dir)
     if d.exists() and not d.is_dir():
         raise BadInput(f"--out {d}: exists and is not a folder")
@@ -219,9 +294,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     est = estimate(cfg, stages)
     rows = [[i + 1, s.name, s.output, s.epochs, f"{est[s.name] / 60:.1f} min" if s.name in est else "< 1 min"]
             for i, s in enumerate(stages)]
+    warm_n = next((s.epochs for s in stages if s.name == "warmup"), 0)
+    kd_n = next(s.epochs for s in stages if s.name == "distill")
+    budget = budget_line(cfg, warm_n, kd_n)
     progress.table(f"pipeline: {cfg.teacher} -> {cfg.student} on {cfg.opts.data}"
                    f"{'' if cfg.warmup else ' (no InDistill warmup)'} -> {d}/  (estimated {sum(est.values()) / 60:.1f} "
                    f"min on this machine)", ["#", "stage", "output", "epochs", "estimate"], rows)
+    progress.info(budget)
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     for i, s in enumerate(stages):
@@ -246,16 +325,19 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         if main:
             atomic_write(d / MANIFEST, json.dumps(manifest, indent=1, default=str).encode())
         results[s.name] = small
-    final = _final_table(results)
+    final = _final_table(results, budget)
     return {"out_dir": str(d), "stages": [s.name for s in stages], "estimate_s": est, "results": results, "final": final,
+            "budget": {"view": cfg.budget if cfg.warmup else "no-warmup", "warmup_epochs": warm_n, "kd_epochs": kd_n,
+                       "schedule": cfg.schedule_mode if cfg.warmup else "single", "line": budget},
             "wall_s": round(time.perf_counter() - t0, 2)}
 
 
-def _final_table(results: dict[str, Any]) -> dict[str, Any]:
+def _final_table(results: dict[str, Any], budget: str) -> dict[str, Any]:
     ev, rt = results.get("evaluate", {}), results.get("retrieve", {})
     mets = rt.get("metrics", {})
     final = {"top1": ev.get("top1"), "top5": ev.get("top5"),
              "map_cosine": mets.get("cosine", {}).get("map"), "map_euclidean": mets.get("euclidean", {}).get("map"),
              "p@100_cosine": mets.get("cosine", {}).get("precision@100")}
-    progress.table("final student (test split)", ["metric", "value"], [[k, v] for k, v in final.items() if v is not None])
+    progress.table(f"final student (test split); {budget}", ["metric", "value"],
+                   [[k, v] for k, v in final.items() if v is not None])
     return final

@@ -468,7 +468,7 @@ def _fmt_acc(v: float | None) -> str:
 
 def run_prune(teacher_arg: str, like: str, out: str, opts: Any, criterion: str = "l1", mode: str = "probe",
               pairs: Sequence[str] | None = None, finetune: int = 0, optim: Any = None, data_given: bool = False,
-              force: bool = False) -> dict[str, Any]:
+              force: bool = False, select: str = "auto") -> dict[str, Any]:
     """Prune a trained teacher to a student's widths and write a pruned-teacher checkpoint.
 
     `opts.data` is used when `data_given`; otherwise the teacher's own dataset (from its checkpoint).
@@ -488,6 +488,10 @@ def run_prune(teacher_arg: str, like: str, out: str, opts: Any, criterion: str =
         raise BadInput("--finetune needs --mode chained: a probe-mode checkpoint keeps the full, unchanged teacher")
     if finetune and optim is not None:
         optim.validate()
+    if finetune:
+        from indistill_cli.engine import resolve_select
+
+        resolve_select(select, True, True, opts.val_fraction > 0, "fine-tuning")
     pair_args = [parse_pair(p) for p in (pairs or [])]
     check_output(out, force)
     run_state = None
@@ -572,7 +576,7 @@ def run_prune(teacher_arg: str, like: str, out: str, opts: Any, criterion: str =
 
             run_state.add_key("parents", [t.parent().get("sha256"), st.parent().get("sha256") or st.name])
             run_state.is_main = s.rt.is_main
-            fit = fit_ce(pruned, pspec, s, finetune, optim, f"finetune pruned {t.name}", state=run_state)
+            fit = fit_ce(pruned, pspec, s, finetune, optim, f"finetune pruned {t.name}", state=run_state, select=select)
             pruned.load_state_dict(fit.best_state)
             acc["finetuned"] = _accuracy(pruned, pspec, s)
             progress.info(f"val top-1 after {finetune} epoch(s) of fine-tuning: {_fmt_acc(acc['finetuned'])}")

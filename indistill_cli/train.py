@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from indistill_cli import progress
 from indistill_cli.common import check_output, history_entry, resolve_model, write_model
-from indistill_cli.engine import Engine, FitResult, OptimConfig
+from indistill_cli.engine import SELECT_KEYS, Engine, FitResult, OptimConfig, resolve_select
 from indistill_cli.errors import BadInput
 from indistill_cli.evaluation import classify
+from indistill_cli.models.coverage import describe
 from indistill_cli.runtime import barrier
 from indistill_cli.session import RunOptions, Session, open_session
 
@@ -27,10 +28,11 @@ def last_path(out: str) -> str | None:
 
 
 def fit_ce(model: torch.nn.Module, spec: dict[str, Any], s: Session, epochs: int, optim: OptimConfig,
-           label: str, state: Any = None) -> FitResult:
+           label: str, state: Any = None, select: str = "auto") -> FitResult:
     """Cross-entropy training with best-on-validation selection (used by `train` and `prune --finetune`).
 
-    `state` (a resume.RunState) makes the run interruptible and resumable."""
+    `state` (a resume.RunState) makes the run interruptible and resumable. `select`: auto/top1 keep the
+    best validation top-1 epoch, map the best validation retrieval mAP, last the last epoch."""
     from indistill_cli.runtime import ddp, maybe_compile, sync_batchnorm
 
     model = sync_batchnorm(model, s.rt, s.opts.sync_bn)  # in place: the caller's model is converted too
@@ -43,23 +45,28 @@ def fit_ce(model: torch.nn.Module, spec: dict[str, Any], s: Session, epochs: int
         loss = F.cross_entropy(logits, batch.y)
         return {"loss": loss, "_correct": (logits.argmax(1) == batch.y).sum()}
 
+    chosen = resolve_select(select, True, True, val_loader is not None, "CE training")
+    emb_tap = spec["embedding"]["name"] if chosen == "map" else None
+
     def validate(epoch: int) -> dict[str, float]:
         if val_loader is None:
             return {}
-        r = classify(model, val_loader, s.rt, s.ds.info.num_classes)
-        return {"val_loss": r["loss"], "val_top1": r["top1"]}
+        r = classify(model, val_loader, s.rt, s.ds.info.num_classes, emb_tap)
+        return {"val_loss": r["loss"], "val_top1": r["top1"], **({"val_map": r["map"]} if "map" in r else {})}
 
-    engine = Engine(s.rt, optim, epochs, select="val_top1" if val_loader else None, label=label,
+    engine = Engine(s.rt, optim, epochs, select=SELECT_KEYS[chosen], label=label,
                     skip_nonfinite=s.opts.skip_nonfinite, state=state)
     return engine.fit(model, model, step, loader, validate)
 
 
 def run_train(model_arg: str, out: str, epochs: int, optim: OptimConfig, opts: RunOptions,
-              pretrained: bool = False, force: bool = False, save_last: bool = True) -> dict[str, Any]:
+              pretrained: bool = False, force: bool = False, save_last: bool = True,
+              select: str = "auto") -> dict[str, Any]:
     check_output(out, force)
     if epochs < 1:  # options first: a typo must not cost a dataset load and a model build
         raise BadInput(f"--epochs must be at least 1, got {epochs}")
     optim.validate()
+    resolve_select(select, True, True, opts.val_fraction > 0, "CE training")
     from indistill_cli.resume import RunState
 
     state = RunState("train", out, {"stage": "train", "model": model_arg, "epochs": epochs, "optim": optim.as_dict(),
@@ -67,7 +74,7 @@ def run_train(model_arg: str, out: str, epochs: int, optim: OptimConfig, opts: R
     state.check()
     t0 = time.perf_counter()
     s = open_session(opts)
-    m = resolve_model(model_arg, s.ds.info, "model", pretrained=pretrained)
+    m = resolve_model(model_arg, s.ds.info, "model", pretrained=pretrained, seed=opts.seed)
     state.add_key("parent", m.parent().get("sha256") or m.name)
     state.is_main = s.rt.is_main
     model = m.model.to(s.rt.device)
@@ -75,16 +82,20 @@ def run_train(model_arg: str, out: str, epochs: int, optim: OptimConfig, opts: R
         model = model.to(memory_format=torch.channels_last)
     progress.info(f"train {m.name} on {s.ds.info.name} ({len(s.ds.train)} train / "
                   f"{len(s.ds.val) if s.ds.val is not None else 0} val) on {s.rt.describe()}")
-    res = fit_ce(model, m.spec, s, epochs, optim, f"train {m.name}", state=state)
+    progress.info(f"{m.name} sees {s.ds.info.serving()}: " + describe(m.model, m.spec, s.ds.info.stored_size)["text"])
+    res = fit_ce(model, m.spec, s, epochs, optim, f"train {m.name}", state=state, select=select)
     wall = time.perf_counter() - t0
-    options = {"arch": m.name, "epochs": epochs, **optim.as_dict(), **opts.as_dict(), "pretrained": pretrained}
+    options = {"arch": m.name, "epochs": epochs, **optim.as_dict(), **opts.as_dict(), "pretrained": pretrained,
+               "select": select}
+    best = res.history[res.best_epoch - 1] if res.history else {}
     summary = {"stage": "train", "model": m.name, "output": out, "best_epoch": res.best_epoch,
-               "val_top1": res.history[res.best_epoch - 1].get("val_top1") if res.history else None,
+               "val_top1": best.get("val_top1"), "val_map": best.get("val_map"),
                "final_train_loss": res.final_metrics.get("train_loss"),
                "images_per_sec": round(res.images_per_sec, 1), "peak_memory_mb": round(res.peak_memory_mb, 1),
                "wall_s": round(wall, 2), "epochs": res.history}
     if s.rt.is_main:
-        metrics = {k: summary[k] for k in ("best_epoch", "val_top1", "images_per_sec", "peak_memory_mb")}
+        metrics = {k: summary[k] for k in ("best_epoch", "val_top1", "val_map", "images_per_sec", "peak_memory_mb")
+                   if summary[k] is not None}
         spec = dict(m.spec)
         hist = m.history + [history_entry("train", options, [m.parent()], metrics, wall, s.ds.info.name,
                                           curve=res.history, device=s.rt.describe())]

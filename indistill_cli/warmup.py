@@ -21,7 +21,7 @@ from indistill_cli.common import check_output, history_entry, resolve_model, wri
 from indistill_cli.curriculum import epochs_per_tap, phases, tap_of_epoch
 from indistill_cli.data import check_compatible
 from indistill_cli.errors import BadInput
-from indistill_cli.engine import Engine, OptimConfig
+from indistill_cli.engine import Engine, OptimConfig, resolve_select
 from indistill_cli.flow import FlowPair, StudentUpTo, flow_mse, mse, pairs_from_teacher
 from indistill_cli.models import model_from_checkpoint, spec_name
 from indistill_cli.runtime import barrier, broadcast_state, ddp, maybe_compile, sync_batchnorm
@@ -42,11 +42,21 @@ def fixed_batches(session: Any, spec: dict[str, Any], max_images: int) -> list[t
 
 def run_warmup(teacher_arg: str, student_arg: str, out: str, optim: OptimConfig, opts: RunOptions,
                a: float = 2.0, b: float = 1.0, explicit: str | None = None, cumulative: bool = False,
-               plot: str | None = None, flow_images: int = 1000, force: bool = False) -> dict[str, Any]:
+               plot: str | None = None, flow_images: int = 1000, force: bool = False, select: str = "auto",
+               plan: str | None = None) -> dict[str, Any]:
+    """The warmup. `optim.plan_epochs` > 0 makes it the first part of one lr plan over that many student
+    epochs: the lr follows the plan, and the optimiser state and plan go to a sidecar (`plan`, default
+    OUT.plan.safetensors) that `distill --continue-plan` takes up."""
     check_output(out, force)
     if flow_images < 1:
         raise BadInput(f"--flow-images must be at least 1, got {flow_images}")
     optim.validate()  # a bad option must fail before any loading or output
+    # the warmup trains taps only: no loss reaches the embedding or the head, so only the last epoch is meaningful
+    resolve_select(select, False, False, True, "the warmup (tap MSE only)")
+    if optim.plan_epochs and out == "-" and not plan:
+        raise BadInput("--plan-epochs with -o -: give the plan sidecar's path with --plan PATH")
+    if plan and not optim.plan_epochs:
+        raise BadInput("--plan is where --plan-epochs writes the plan sidecar; add --plan-epochs N")
     from indistill_cli.resume import RunState
 
     state = RunState("warmup", out, {"stage": "warmup", "teacher": teacher_arg, "student": student_arg, "a": a, "b": b,
@@ -59,11 +69,14 @@ def run_warmup(teacher_arg: str, student_arg: str, out: str, optim: OptimConfig,
         raise BadInput(f"{teacher_ck.source}: is a {teacher_ck.role} checkpoint; expected a (pruned) teacher")
     s = open_session(opts)
     check_compatible(s.ds.info, teacher_ck.spec, f"teacher {teacher_ck.source}")
-    student = resolve_model(student_arg, s.ds.info, "student")
+    student = resolve_model(student_arg, s.ds.info, "student", seed=opts.seed)
     state.add_key("parents", [teacher_ck.sha256, student.parent().get("sha256") or student.name])
     state.is_main = s.rt.is_main
     pairs = pairs_from_teacher(teacher_ck, student.spec)
     sched = epochs_per_tap(len(pairs), a, b, explicit)
+    if optim.plan_epochs and optim.plan_epochs <= sum(sched):
+        raise BadInput(f"--plan-epochs {optim.plan_epochs}: the plan must be longer than the warmup's own "
+                       f"{sum(sched)} epochs (it spans warmup + KD)")
     epoch_tap = tap_of_epoch(sched)
     rt = s.rt
     teacher = model_from_checkpoint(teacher_ck).to(rt.device).eval()
@@ -133,7 +146,8 @@ def run_warmup(teacher_arg: str, student_arg: str, out: str, optim: OptimConfig,
     warm_info = {"teacher": {"path": teacher_ck.source, "sha256": teacher_ck.sha256},
                  "pairs": [{"teacher_tap": p.teacher_tap, "student_tap": p.student_tap, "epochs": n}
                            for p, n in zip(pairs, sched)],
-                 "epochs_per_tap": sched, "cumulative": cumulative, "initial_mse": initial, "final_mse": final}
+                 "epochs_per_tap": sched, "cumulative": cumulative, "initial_mse": initial, "final_mse": final,
+                 "plan_epochs": optim.plan_epochs or sum(sched)}
     summary = {"stage": "warmup", "student": student.name, "teacher": spec_name(teacher_ck.spec), "output": out,
                **warm_info, "curves": curves, "epochs": res.history, "images_per_sec": round(res.images_per_sec, 1),
                "peak_memory_mb": round(res.peak_memory_mb, 1), "wall_s": round(wall, 2)}
@@ -146,6 +160,13 @@ def run_warmup(teacher_arg: str, student_arg: str, out: str, optim: OptimConfig,
             metrics, wall, s.ds.info.name, warmup=warm_info, curves=curves, device=rt.describe())]
         summary["sha256"] = write_model(out, res.best_state, student.spec, hist, {"dataset": s.ds.info.as_dict(),
                                                                                    "warmup": warm_info})
+        if optim.plan_epochs:
+            from indistill_cli.plan_state import plan_path, save_plan
+
+            summary["plan"] = plan or plan_path(out)
+            save_plan(summary["plan"], res.optimizer_state, optim, sum(sched), summary["sha256"])
+            progress.info(f"wrote the lr plan ({sum(sched)} of {optim.plan_epochs} epochs done) and optimiser state "
+                          f"to {summary['plan']}: continue with `distill --continue-plan`")
         state.clear()  # the outputs are written: the resume state has done its job
         progress.table("information flow (validation MSE per tap)", ["tap", "before", "after", "epochs"],
                        [[n, initial[n], final[n], k] for n, k in zip(names, sched)])

@@ -1,0 +1,573 @@
+"""InDistill's effect, measured fairly: the pre-registered study (protocol.md beside its results).
+
+    python benchmarks/effect.py --preset fmnist            # full Fashion-MNIST, hours on 2 CPU cores
+    python benchmarks/effect.py --preset smoke             # seconds, synthetic data (the test suite runs it)
+    python benchmarks/effect.py --preset fmnist --protocol # write protocol.md only (commit it before running)
+    python benchmarks/effect.py --preset fmnist --report   # rebuild results.* from the finished runs
+
+Stages, each resumable (a finished unit leaves a JSON in OUT/runs/ and is skipped on a rerun):
+  1. reference models: CE teacher; auxiliary = the student's topology at 2x width, CE then PKT from the
+     teacher (the reference recipe); the auxiliary pruned (L1, probe) to the student's widths; the gap
+     check (validation mAP of teacher and auxiliary against a CE student on the pilot seed).
+  2. pilot (validation split only, pilot seed): the keep-flow weight and decay.
+  3. arms x seeds, each seed's arms from one initial student (weights are a function of the seed).
+  4. report: results.md, results.json (every run), figure.png.
+Runs go to `--jobs` worker processes of `--threads` torch threads each; the thread count is part of
+the protocol (CPU results are bitwise repeatable for a given count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Preset:
+    data: str
+    teacher: str
+    teacher_epochs: int
+    aux: str
+    aux_epochs: int
+    student: str
+    kd_epochs: int  # E: the KD schedule every KD/PKT arm runs
+    curriculum: str  # warmup epochs per tap; W = their sum
+    seeds: tuple[int, ...]
+    primary_seeds: int  # the first n seeds are the primary analysis
+    pilot_seed: int
+    keep_flow_grid: tuple[tuple[float, float], ...]  # (weight, per-epoch decay) candidates
+    threads: int
+    jobs: int
+    val_fraction: float = 0.1
+    batch_size: int = 128
+    teacher_lr: float = 0.05
+    gap_required: bool = True  # smoke data (random labels) has no gap to check
+
+    @property
+    def warm_epochs(self) -> int:
+        return sum(int(v) for v in self.curriculum.split(","))
+
+
+PRESETS: dict[str, Preset] = {
+    "fmnist": Preset(data="fashion-mnist", teacher="resnet20", teacher_epochs=15, aux="cnn3", aux_epochs=15,
+                     student="cnn3-w0.5", kd_epochs=20, curriculum="3,4,5", seeds=tuple(range(8)), primary_seeds=5,
+                     pilot_seed=100, keep_flow_grid=((0.1, 0.7), (1.0, 0.7), (1.0, 0.9), (10.0, 0.9)),
+                     threads=1, jobs=2),
+    "smoke": Preset(data="synthetic:1x28x28:10:400", teacher="cnn3", teacher_epochs=1, aux="cnn3", aux_epochs=1,
+                    student="cnn3-w0.5", kd_epochs=2, curriculum="1,1,1", seeds=(0, 1), primary_seeds=2,
+                    pilot_seed=100, keep_flow_grid=((1.0, 0.5), (10.0, 0.5)), threads=1, jobs=1, gap_required=False),
+}
+
+# arm -> (method or None for CE, warmup?, keep-flow?, epochs as a function of (E, W))
+ARMS: dict[str, dict[str, Any]] = {
+    "CE": {"method": None, "warm": False, "keep": False, "label": "CE alone (E+W)"},
+    "PKT": {"method": "pkt", "warm": False, "keep": False, "label": "PKT (E)"},
+    "PKT+W": {"method": "pkt", "warm": False, "keep": False, "label": "PKT given the warmup's epochs (E+W)"},
+    "InD+PKT": {"method": "pkt", "warm": True, "keep": False, "label": "InDistill warmup + PKT (W+E)"},
+    "InD+PKT+keep": {"method": "pkt", "warm": True, "keep": True, "label": "InDistill + PKT, flow kept (W+E; ours)"},
+    "KD": {"method": "kd", "warm": False, "keep": False, "label": "KD (E)"},
+    "KD+W": {"method": "kd", "warm": False, "keep": False, "label": "KD given the warmup's epochs (E+W)"},
+    "InD+KD": {"method": "kd", "warm": True, "keep": False, "label": "InDistill warmup + KD (W+E)"},
+}
+# (a, b, view): a - b, paired by seed
+COMPARISONS: list[tuple[str, str, str]] = [
+    ("InD+PKT", "PKT+W", "equal total epochs"),
+    ("InD+KD", "KD+W", "equal total epochs"),
+    ("InD+PKT+keep", "PKT+W", "equal total epochs"),
+    ("InD+PKT", "PKT", "warmup added"),
+    ("PKT+W", "PKT", "control: the warmup's epochs given to PKT"),
+    ("InD+KD", "KD", "warmup added"),
+    ("KD+W", "KD", "control: the warmup's epochs given to KD"),
+    ("InD+PKT+keep", "InD+PKT", "keep-flow (ours) vs plain InDistill"),
+    ("PKT+W", "CE", "context: PKT vs CE, equal epochs"),
+    ("KD+W", "CE", "context: KD vs CE, equal epochs"),
+]
+PRIMARY = [("InD+PKT", "PKT+W"), ("InD+KD", "KD+W")]
+ENDPOINTS = [("map_cosine", "mAP cos"), ("map_euclidean", "mAP euc"), ("p100_cosine", "P@100 cos"), ("top1", "top-1")]
+
+
+def arm_epochs(p: Preset, arm: str) -> int:
+    """Epochs of the arm's own training run (the KD part for InDistill arms)."""
+    return p.kd_epochs + p.warm_epochs if arm in ("CE", "PKT+W", "KD+W") else p.kd_epochs
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+def student_optim(total: int) -> Any:
+    """The reference student schedule over `total` epochs: Adam 1e-3, no weight decay, x0.1 for the last seventh."""
+    from indistill_cli.engine import OptimConfig
+    from indistill_cli.pipeline import reference_student_optim, with_milestone
+
+    return with_milestone(reference_student_optim(), total)
+
+
+def opts_for(p: Preset, seed: int, **kw: Any) -> Any:
+    from indistill_cli.session import RunOptions
+
+    return RunOptions(**{"data": p.data, "val_fraction": p.val_fraction, "batch_size": p.batch_size, "seed": seed,
+                         "device": "cpu", "save_every": 0, **kw})
+
+
+def scores(p: Preset, ckpt: str) -> dict[str, float]:
+    """Test top-1 and the paper's retrieval endpoints (train split as the database, test as queries)."""
+    from indistill_cli.evaluate import run_evaluate
+    from indistill_cli.retrieve import run_retrieve
+
+    ev = run_evaluate(ckpt, "test", opts_for(p, 0, augment=False), per_class=False)
+    rt = run_retrieve(ckpt, opts_for(p, 0, val_fraction=0.0), None, "train", "test", "both", "exact", [100],
+                      None, None, None, 10, None)
+    m = rt["metrics"]
+    return {"top1": 100 * ev["top1"], "map_cosine": 100 * m["cosine"]["map"],
+            "map_euclidean": 100 * m["euclidean"]["map"], "p100_cosine": 100 * m["cosine"]["precision@100"]}
+
+
+def val_map(p: Preset, ckpt: str) -> float:
+    """Validation retrieval mAP (cosine, the validation split searched in itself, leave-one-out): what the
+    gap check and the pilot use, so no decision looks at the test split."""
+    from indistill_cli.checkpoint import load_checkpoint
+    from indistill_cli.evaluation import classify
+    from indistill_cli.models import model_from_checkpoint
+    from indistill_cli.session import open_session
+
+    s = open_session(opts_for(p, 0, augment=False))
+    ck = load_checkpoint(ckpt)
+    model = model_from_checkpoint(ck)
+    r = classify(model, s.eval_loader("val", ck.spec), s.rt, s.ds.info.num_classes, ck.spec["embedding"]["name"])
+    return 100 * r["map"]
+
+
+@dataclass
+class Job:
+    name: str  # unique; its result is OUT/runs/<name>.json
+    kind: str  # teacher | aux-ce | aux-pkt | prune | gap | warmup | arm | pilot
+    seed: int = 0
+    arm: str = ""
+    keep: tuple[float, float] = (0.0, 1.0)
+    deps: list[str] = field(default_factory=list)
+
+
+def _w(out: Path, name: str) -> str:
+    return str(out / "work" / name)
+
+
+def run_job(preset: str, out_s: str, job: Job, threads: int) -> dict[str, Any]:
+    """One unit of the study in a worker process; writes and returns its result."""
+    import torch
+
+    from indistill_cli import progress
+
+    torch.set_num_threads(threads)
+    progress.set_quiet(True)
+    p, out = PRESETS[preset], Path(out_s)
+    t0 = time.perf_counter()
+    res = _dispatch(p, out, job)
+    res.update({"job": job.name, "kind": job.kind, "seed": job.seed, "arm": job.arm, "threads": threads,
+                "wall_s": round(time.perf_counter() - t0, 1), "revision": revision(),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    path = out / "runs" / f"{job.name}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    tmp.replace(path)
+    return res
+
+
+def _dispatch(p: Preset, out: Path, job: Job) -> dict[str, Any]:
+    from indistill_cli.distill import run_distill
+    from indistill_cli.engine import OptimConfig
+    from indistill_cli.prune import run_prune
+    from indistill_cli.train import run_train
+    from indistill_cli.warmup import run_warmup
+
+    w = lambda name: _w(out, name)  # noqa: E731
+    o = opts_for(p, job.seed)
+    total = p.kd_epochs + p.warm_epochs
+    if job.kind == "teacher":
+        r = run_train(p.teacher, w("teacher.safetensors"), p.teacher_epochs,
+                      OptimConfig("sgd", p.teacher_lr, schedule="cosine"), o, force=True, save_last=False)
+        return {"val_top1": r["val_top1"], "scores": scores(p, w("teacher.safetensors"))}
+    if job.kind == "aux-ce":
+        r = run_train(p.aux, w("aux_ce.safetensors"), p.aux_epochs, student_optim(p.aux_epochs), o, force=True,
+                      save_last=False, select="last")
+        return {"val_top1": r["val_top1"]}
+    if job.kind == "aux-pkt":
+        run_distill(w("teacher.safetensors"), w("aux_ce.safetensors"), w("aux.safetensors"), ["pkt"], [], 0.0, [],
+                    None, p.aux_epochs, student_optim(p.aux_epochs), o, force=True, select="last")
+        return {"scores": scores(p, w("aux.safetensors"))}
+    if job.kind == "prune":
+        r = run_prune(w("aux.safetensors"), p.student, w("aux_pruned.safetensors"), o, data_given=True, force=True)
+        return {"pairs": r["pairs"]}
+    if job.kind == "gap":
+        ce = w(f"pilot_ce_s{job.seed}.safetensors")
+        run_train(p.student, ce, total, student_optim(total), o, force=True, save_last=False, select="last")
+        return {"val_map": {"teacher": val_map(p, w("teacher.safetensors")), "auxiliary": val_map(p, w("aux.safetensors")),
+                            "student_ce": val_map(p, ce)}}
+    if job.kind == "warmup":
+        r = run_warmup(w("aux_pruned.safetensors"), p.student, w(f"warm_s{job.seed}.safetensors"),
+                       OptimConfig(**{**student_optim(total).as_dict(), "plan_epochs": total}), o,
+                       explicit=p.curriculum, force=True)
+        return {"curves": r["curves"], "final_mse": r["final_mse"]}
+    # arms and pilot runs
+    spec = ARMS[job.arm]
+    dest = w(f"{job.name}.safetensors")
+    if spec["method"] is None:
+        run_train(p.student, dest, arm_epochs(p, job.arm), student_optim(arm_epochs(p, job.arm)), o, force=True,
+                  save_last=False, select="last")
+        curves: dict[str, list[float]] = {}
+    else:
+        ce = 0.0 if spec["method"] == "pkt" else None  # the reference trains PKT without CE; KD: Hinton's 0.1
+        student = w(f"warm_s{job.seed}.safetensors") if spec["warm"] else p.student
+        n = arm_epochs(p, job.arm)
+        r = run_distill(w("aux.safetensors"), student, dest, [spec["method"]], [], ce, [], None,
+                        None if spec["warm"] else n, student_optim(n), o, force=True,
+                        flow_teacher=w("aux_pruned.safetensors"), select="last", continue_plan=spec["warm"],
+                        keep_flow=job.keep[0] if spec["keep"] else 0.0, keep_flow_decay=job.keep[1])
+        curves = r.get("curves", {})
+    if job.kind == "pilot":
+        return {"keep_flow": list(job.keep), "val_map": val_map(p, dest)}
+    return {"scores": scores(p, dest), "curves": curves}
+
+
+# ------------------------------------------------------------------------------------------ plan
+
+
+def reference_jobs(p: Preset) -> list[Job]:
+    return [Job("teacher", "teacher"), Job("aux-ce", "aux-ce"), Job("aux-pkt", "aux-pkt", deps=["teacher", "aux-ce"]),
+            Job("prune", "prune", deps=["aux-pkt"]),
+            Job("gap", "gap", seed=p.pilot_seed, deps=["teacher", "aux-pkt"])]
+
+
+def pilot_jobs(p: Preset) -> list[Job]:
+    jobs = [Job(f"warmup-s{p.pilot_seed}", "warmup", seed=p.pilot_seed, deps=["prune"])]
+    for wgt, dec in p.keep_flow_grid:
+        jobs.append(Job(f"pilot-keep{wgt:g}-d{dec:g}", "pilot", seed=p.pilot_seed, arm="InD+PKT+keep", keep=(wgt, dec),
+                        deps=[f"warmup-s{p.pilot_seed}"]))
+    jobs.append(Job("pilot-keep0", "pilot", seed=p.pilot_seed, arm="InD+PKT", deps=[f"warmup-s{p.pilot_seed}"]))
+    return jobs
+
+
+def arm_jobs(p: Preset, keep: tuple[float, float]) -> list[Job]:
+    jobs = []
+    for seed in p.seeds:
+        jobs.append(Job(f"warmup-s{seed}", "warmup", seed=seed, deps=["prune"]))
+        for arm, spec in ARMS.items():
+            deps = ["prune", "aux-pkt"] + ([f"warmup-s{seed}"] if spec["warm"] else [])
+            jobs.append(Job(f"{arm}-s{seed}", "arm", seed=seed, arm=arm, keep=keep, deps=deps))
+    return jobs
+
+
+def execute(preset: str, out: Path, jobs: list[Job], n_workers: int, threads: int) -> dict[str, dict[str, Any]]:
+    """Run the jobs not finished yet on a pool of spawned workers, in list order as dependencies allow.
+
+    A job is ready when every dependency has a result in OUT/runs/ (from this call or an earlier one)."""
+    import multiprocessing as mp
+
+    from indistill_cli import progress
+
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    (out / "work").mkdir(exist_ok=True)
+    done = {f.stem: json.loads(f.read_text()) for f in runs.glob("*.json")}
+    todo = [j for j in jobs if j.name not in done]
+    running: dict[Future, Job] = {}
+    with ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context("spawn")) as pool:
+        while todo or running:
+            for j in [j for j in todo if all(d in done for d in j.deps)][: n_workers - len(running)]:
+                todo.remove(j)
+                running[pool.submit(run_job, preset, str(out), j, threads)] = j
+                progress.info(f"[effect] start {j.name}")
+            if not running:
+                raise RuntimeError(f"jobs with unmet dependencies: {[j.name for j in todo]}")
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for f in finished:
+                j = running.pop(f)
+                done[j.name] = f.result()  # a failed run stops the study (its error is raised here)
+                progress.info(f"[effect] done {j.name} ({done[j.name]['wall_s']:.0f} s)")
+    return done
+
+
+GAP_POINTS = 3.0
+
+
+def gap_ok(done: dict[str, dict[str, Any]]) -> tuple[bool, str]:
+    """The precondition: teacher and auxiliary beat the CE student by >= 3 validation mAP points."""
+    g = done["gap"]["val_map"]
+    text = (f"validation mAP: teacher {g['teacher']:.2f}, auxiliary {g['auxiliary']:.2f}, CE student "
+            f"{g['student_ce']:.2f} (gaps {g['teacher'] - g['student_ce']:+.2f} / {g['auxiliary'] - g['student_ce']:+.2f})")
+    return min(g["teacher"], g["auxiliary"]) - g["student_ce"] >= GAP_POINTS, text
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def t_interval(d: list[float]) -> tuple[float, float, float]:
+    """(mean, lower, upper) of the 95% t-interval of paired differences."""
+    from scipy import stats
+
+    m = statistics.fmean(d)
+    if len(d) < 2:
+        return m, float("nan"), float("nan")
+    half = stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+    return m, m - half, m + half
+
+
+def wilcoxon_p(d: list[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p (exact for small n); nan when every difference is zero."""
+    from scipy import stats
+
+    if len(d) < 2 or all(v == 0 for v in d):
+        return float("nan")
+    return float(stats.wilcoxon(d, alternative="two-sided").pvalue)
+
+
+def summarise(p: Preset, done: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    per_arm: dict[str, dict[int, dict[str, float]]] = {a: {} for a in ARMS}
+    for r in done.values():
+        if r.get("kind") == "arm":
+            per_arm[r["arm"]][r["seed"]] = r["scores"]
+    complete = [s for s in p.seeds if all(s in per_arm[a] for a in ARMS)]
+    primary = [s for s in p.seeds[: p.primary_seeds] if s in complete]
+    out: dict[str, Any] = {"complete_seeds": complete, "primary_seeds": primary, "arms": {}, "comparisons": {}}
+    for arm in ARMS:
+        vals = {k: [per_arm[arm][s][k] for s in complete] for k, _ in ENDPOINTS}
+        out["arms"][arm] = {k: {"mean": statistics.fmean(v) if v else float("nan"),
+                                "std": statistics.stdev(v) if len(v) > 1 else float("nan")} for k, v in vals.items()}
+    for set_name, seeds in (("primary", primary), ("all", complete)):
+        rows = []
+        for a, b, view in COMPARISONS:
+            row: dict[str, Any] = {"a": a, "b": b, "view": view, "n": len(seeds)}
+            for k, _ in ENDPOINTS:
+                d = [per_arm[a][s][k] - per_arm[b][s][k] for s in seeds]
+                if not d:
+                    continue
+                m, lo, hi = t_interval(d)
+                row[k] = {"mean": m, "ci95": [lo, hi], "wilcoxon_p": wilcoxon_p(d), "per_seed": d}
+            rows.append(row)
+        out["comparisons"][set_name] = rows
+    out["per_seed"] = {arm: {str(s): v for s, v in sorted(per_arm[arm].items())} for arm in ARMS}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def _fmt_ci(c: dict[str, Any]) -> str:
+    lo, hi = c["ci95"]
+    p = c["wilcoxon_p"]
+    return f"{c['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}] p={p:.3f}" if not math.isnan(lo) else f"{c['mean']:+.2f}"
+
+
+def markdown(p: Preset, result: dict[str, Any]) -> str:
+    s, ref = result["summary"], result["reference"]
+    E, W = p.kd_epochs, p.warm_epochs
+    lines = [f"# InDistill's effect on `{p.data}`: results\n",
+             f"Protocol: [protocol.md](protocol.md). Code revision: `{result['revision']}`. "
+             f"Seeds complete: {s['complete_seeds']} (primary: {s['primary_seeds']}). "
+             f"{p.threads} torch thread(s) per run, {p.jobs} runs at a time. Wall: {result['wall_h']:.1f} h of runs.\n",
+             f"Budgets: E = {E} KD epochs, W = {W} warmup epochs (curriculum {p.curriculum}). "
+             "**Equal total epochs** compares InDistill (W+E) with the baseline given E+W epochs; "
+             "**warmup added** compares InDistill (W+E) with the baseline's E, next to the control "
+             "(the baseline given the W extra epochs).\n",
+             "\n## Reference models (test split; validation mAP for the gap check)\n",
+             "| model | test mAP cos | test mAP euc | test P@100 | test top-1 | val mAP (gap check) |\n|---|---|---|---|---|---|\n"]
+    gap = ref.get("gap", {})
+    for name, key in (("teacher", "teacher"), ("auxiliary", "auxiliary")):
+        sc = ref.get(name, {})
+        lines.append(f"| {name} ({getattr(p, 'teacher' if name == 'teacher' else 'aux')}) | "
+                     + " | ".join(f"{sc.get(k, float('nan')):.2f}" for k in ("map_cosine", "map_euclidean",
+                                                                            "p100_cosine", "top1"))
+                     + f" | {gap.get(key, float('nan')):.2f} |\n")
+    lines.append(f"| CE student (pilot seed {p.pilot_seed}) | | | | | {gap.get('student_ce', float('nan')):.2f} |\n")
+    if result.get("pilot"):
+        pl = result["pilot"]
+        lines.append("\n## Pilot (validation split, seed %d): keep-flow weight and decay\n\n| weight | decay | val mAP |\n"
+                     "|---|---|---|\n" % p.pilot_seed)
+        for r in pl["runs"]:
+            lines.append(f"| {r['keep_flow'][0]:g} | {r['keep_flow'][1]:g} | {r['val_map']:.2f} |\n")
+        lines.append(f"\nChosen (highest validation mAP): weight {pl['chosen'][0]:g}, decay {pl['chosen'][1]:g}.\n")
+    lines.append(f"\n## Arms (test split, mean +- std over {len(s['complete_seeds'])} seeds)\n\n| arm | epochs | "
+                 + " | ".join(lbl for _, lbl in ENDPOINTS) + " |\n|---|---|" + "---|" * len(ENDPOINTS) + "\n")
+    for arm, spec in ARMS.items():
+        ep = f"{W}+{E}" if spec["warm"] else str(arm_epochs(p, arm))
+        cells = []
+        for k, _ in ENDPOINTS:
+            v = s["arms"][arm][k]
+            cells.append("n/a (no head trained)" if k == "top1" and spec["method"] == "pkt"
+                         else f"{v['mean']:.2f} +- {v['std']:.2f}")
+        lines.append(f"| {spec['label']} | {ep} | " + " | ".join(cells) + " |\n")
+    for set_name in ("primary", "all"):
+        rows = s["comparisons"][set_name]
+        if not rows or (set_name == "all" and s["complete_seeds"] == s["primary_seeds"]):
+            continue
+        n = rows[0]["n"]
+        lines.append(f"\n## Paired differences, {set_name} seeds (n = {n}): mean [95% t-interval] Wilcoxon p "
+                     f"(two-sided)\n\n| a - b | view | " + " | ".join(lbl for _, lbl in ENDPOINTS) + " |\n|---|---|"
+                     + "---|" * len(ENDPOINTS) + "\n")
+        for r in rows:
+            cells = ["n/a" if k == "top1" and "PKT" in r["a"] + r["b"] or k not in r else _fmt_ci(r[k])
+                     for k, _ in ENDPOINTS]
+            lines.append(f"| {r['a']} - {r['b']} | {r['view']} | " + " | ".join(cells) + " |\n")
+    if len(s["primary_seeds"]) < 6:
+        lines.append("\nWith 5 seeds the two-sided Wilcoxon test cannot give p < 0.0625 (all five differences of one "
+                     "sign); the t-interval is the primary test.\n")
+    lines.append(f"\nCommand: `{result['command']}`\n")
+    return "".join(lines)
+
+
+def figure(p: Preset, result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s, curves = result["summary"], result["mean_curves"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6), dpi=110)
+    ax = axes[0]
+    arms = list(ARMS)
+    for i, arm in enumerate(arms):
+        vals = [v["map_cosine"] for v in s["per_seed"][arm].values()]
+        ax.scatter([i] * len(vals), vals, s=14, alpha=0.7)
+        if vals:
+            ax.hlines(statistics.fmean(vals), i - 0.3, i + 0.3, color="k")
+    ax.set_xticks(range(len(arms)), arms, rotation=30, fontsize=8)
+    ax.set_ylabel("test mAP cosine (%)")
+    ax.set_title("per-seed test mAP (bar: mean)")
+    W = p.warm_epochs
+    for ax, group in zip(axes[1:], (("PKT+W", "InD+PKT", "InD+PKT+keep"), ("KD+W", "InD+KD"))):
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        styles = ["--", "-", ":"]
+        for arm, ls in zip(group, styles):
+            for i, (tap, c) in enumerate(curves.get(arm, {}).items()):
+                x = list(range(len(c))) if ARMS[arm]["warm"] else list(range(len(c)))
+                ax.plot(x, c, color=colors[i], ls=ls, label=f"{tap} {arm}")
+        ax.axvspan(0, W, color="0.9", zorder=0)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"student epoch (shaded: the InDistill arms' {W} warmup epochs)")
+        ax.set_ylabel("val MSE to the pruned auxiliary's tap")
+        ax.set_title(f"information flow, mean over seeds: {group[0].split('+')[0]}")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def mean_curves(p: Preset, done: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Per arm, per tap: the validation MSE curve to the pruned auxiliary, averaged over seeds; InDistill arms
+    start with their warmup's curve (one x axis of student epochs)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for arm, spec in ARMS.items():
+        runs = []
+        for r in done.values():
+            if r.get("kind") != "arm" or r["arm"] != arm or not r.get("curves"):
+                continue
+            c = r["curves"]
+            if spec["warm"]:
+                warm = done.get(f"warmup-s{r['seed']}", {}).get("curves", {})
+                c = {k: warm.get(k, [])[:] + v[1:] for k, v in c.items()}
+            runs.append(c)
+        if runs:
+            out[arm] = {k: [statistics.fmean(vals) for vals in zip(*[r[k] for r in runs])] for k in runs[0]}
+    return out
+
+
+def revision() -> str:
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "indistill_cli", "benchmarks/effect.py"], cwd=HERE.parent,
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+uncommitted" if dirty else "") if rev else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def report(preset: str, out: Path, done: dict[str, dict[str, Any]], wall_h: float) -> dict[str, Any]:
+    p = PRESETS[preset]
+    pilot_runs = [r for r in done.values() if r.get("kind") == "pilot"]
+    chosen = choose_keep(p, done)
+    result = {"preset": preset, "config": p.__dict__, "revision": revision(), "wall_h": wall_h,
+              "command": " ".join(["python", "benchmarks/effect.py", *sys.argv[1:]]),
+              "reference": {"teacher": done.get("teacher", {}).get("scores", {}),
+                            "auxiliary": done.get("aux-pkt", {}).get("scores", {}),
+                            "gap": done.get("gap", {}).get("val_map", {})},
+              "pilot": {"runs": sorted(pilot_runs, key=lambda r: r["job"]), "chosen": list(chosen)} if pilot_runs else None,
+              "summary": summarise(p, done), "mean_curves": mean_curves(p, done),
+              "runs": {k: {kk: vv for kk, vv in v.items()} for k, v in sorted(done.items())}}
+    (out / "results.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    (out / "results.md").write_text(markdown(p, result))
+    figure(p, result, out / "figure.png")
+    return result
+
+
+def choose_keep(p: Preset, done: dict[str, dict[str, Any]]) -> tuple[float, float]:
+    """The pre-registered rule: the keep-flow (weight, decay) with the highest pilot validation mAP."""
+    cands = [r for r in done.values() if r.get("kind") == "pilot" and r["arm"] == "InD+PKT+keep"]
+    if not cands:
+        return p.keep_flow_grid[0]
+    best = max(cands, key=lambda r: (r["val_map"], -r["keep_flow"][0]))
+    return best["keep_flow"][0], best["keep_flow"][1]
+
+
+def write_protocol(preset: str, out: Path) -> None:
+    from effect_protocol import protocol  # the prose, rendered from the preset
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "protocol.md").write_text(protocol(preset, PRESETS[preset], ARMS, COMPARISONS, PRIMARY, ENDPOINTS,
+                                              arm_epochs))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="fmnist")
+    ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/effect-PRESET")
+    ap.add_argument("--protocol", action="store_true", help="write protocol.md and stop")
+    ap.add_argument("--report", action="store_true", help="only rebuild results.* from the finished runs")
+    ap.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the preset's)")
+    ap.add_argument("--stage", choices=["reference", "pilot", "arms", "all"], default="all")
+    ap.add_argument("--accept-gap", action="store_true", help="go on when the gap check fails (the report says so)")
+    a = ap.parse_args()
+    p = PRESETS[a.preset]
+    out = a.out or HERE / "results" / ("effect-fmnist" if a.preset == "fmnist" else f"effect-{a.preset}")
+    sys.path.insert(0, str(HERE))
+    write_protocol(a.preset, out)
+    if a.protocol:
+        return
+    t0 = time.perf_counter()
+    jobs_n = a.jobs or p.jobs
+    done: dict[str, dict[str, Any]] = {}
+    if not a.report:
+        done = execute(a.preset, out, reference_jobs(p), jobs_n, p.threads)
+        ok, text = gap_ok(done)
+        print(f"gap check: {text}: {'passed' if ok else 'FAILED'}", file=sys.stderr)
+        if not ok and p.gap_required and not a.accept_gap:
+            sys.exit(f"the gap check failed ({text}); protocol.md says what to do next (then --accept-gap)")
+        if a.stage in ("pilot", "arms", "all"):
+            done = execute(a.preset, out, pilot_jobs(p), jobs_n, p.threads)
+        if a.stage in ("arms", "all"):
+            done.update(execute(a.preset, out, arm_jobs(p, choose_keep(p, done)), jobs_n, p.threads))
+    runs = out / "runs"
+    done = {f.stem: json.loads(f.read_text()) for f in sorted(runs.glob("*.json"))}
+    wall_h = sum(r.get("wall_s", 0) for r in done.values()) / 3600
+    res = report(a.preset, out, done, wall_h)
+    print(markdown(p, res))
+    _ = t0
+
+
+if __name__ == "__main__":
+    main()
