@@ -452,9 +452,10 @@ class TensorLoader:
         """uint8 (N, C, H, W) -> normalised float at the model's channels and size."""
         if self.repeat > 1:
             x = x.repeat(1, self.repeat, 1, 1)
-        x = x.float().mul_(self.scale).sub_(self.shift)
-        if tuple(x.shape[-2:]) != self.model_size:
+        x = x.float()
+        if tuple(x.shape[-2:]) != self.model_size:  # before normalising: padding is black (pixel 0), not the mean
             x = fit_size(x, self.model_size)
+        x = x.mul_(self.scale).sub_(self.shift)
         # the layout the run chose, whatever the gather left (crop_flip's output is NHWC-strided)
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
