@@ -327,7 +327,7 @@ class Engine:
                 skip = start_step if epoch == start_epoch else 0
                 if cfg.reset_each_epoch and epoch > 0 and skip == 0:
                     opt = make_optimizer(params, cfg)
-                loader.set_epoch(epoch)
+                loader.set_epoch(cfg.plan_offset + epoch)  # a continued plan also continues the data order
                 trainable.train()
                 sums: dict[str, torch.Tensor] = dict(sums0) if skip else {}
                 seen = seen0 if skip else 0

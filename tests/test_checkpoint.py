@@ -81,14 +81,14 @@ def test_file_is_plain_safetensors_with_documented_metadata(trained_cnn3):
     assert len(meta["checksum"]) == 64 and int(meta["checksum"], 16) >= 0
     spec = json.loads(meta["spec"])
     assert spec["arch"] == "cnn3" and spec["width"] == 0.5
-    assert spec["in_channels"] == 1 and spec["input_size"] == [28, 28] and spec["num_classes"] == 10
+    assert spec["in_channels"] == 1 and spec["input_size"] == [32, 32] and spec["num_classes"] == 10
     assert [t["channels"] for t in spec["taps"]] == [8, 16, 32]
     assert spec["embedding"] == {"name": "embed", "dim": 64}
     assert spec["norm"]["mean"] == pytest.approx([0.286]) and spec["norm"]["std"] == pytest.approx([0.353])
     history = json.loads(meta["history"])
     assert [h["stage"] for h in history] == ["train"]
     h = history[0]
-    assert h["data"] == "fashion-mnist-mini" and h["parents"] == [{"arch": "cnn3-w0.5"}]
+    assert h["data"] == "fashion-mnist-mini" and h["parents"] == [{"arch": "cnn3-w0.5", "init_seed": 0}]
     assert h["options"]["epochs"] == 1 and h["options"]["seed"] == 0 and h["options"]["optimizer"] == "sgd"
     assert h["metrics"]["val_top1"] == trained_cnn3.summary["val_top1"]
     assert h["metrics"]["best_epoch"] == 1 and len(h["curve"]) == 1

@@ -33,7 +33,7 @@ def test_fashion_mnist_mini_is_10k_2k_balanced(mini):
     assert mini.test.images.shape == (2_000, 1, 28, 28)
     assert torch.bincount(mini.train.labels).tolist() == [1000] * 10
     assert torch.bincount(mini.test.labels).tolist() == [200] * 10
-    assert mini.info.num_classes == 10 and mini.info.in_channels == 1 and mini.info.image_size == (28, 28)
+    assert mini.info.num_classes == 10 and mini.info.in_channels == 1 and mini.info.image_size == (32, 32) and mini.info.stored_size == (28, 28)
     assert mini.info.classes[0] == "T-shirt/top" and mini.info.classes[9] == "Ankle boot"
     # real Fashion-MNIST pixels, not noise: the mean matches the normalisation constant
     assert float(mini.train.images.float().mean() / 255) == pytest.approx(mini.info.mean[0], abs=0.01)
@@ -122,7 +122,7 @@ def test_loader_shuffles_per_epoch_and_repeats_by_seed(mini):
     b = D.TensorLoader(split, mini.info, 300, **kw)
     idx0, x0 = epoch(a, 0)
     assert sorted(idx0.tolist()) == list(range(len(split)))  # every image once, last batch kept
-    assert len(a) == 4 and x0.shape == (1000, 1, 28, 28) and x0.dtype == torch.float32
+    assert len(a) == 4 and x0.shape == (1000, 1, 32, 32) and x0.dtype == torch.float32
     idx0b, x0b = epoch(b, 0)
     assert torch.equal(idx0, idx0b) and torch.equal(x0, x0b)  # same seed + epoch: bitwise the same
     idx1, _ = epoch(a, 1)
@@ -135,9 +135,12 @@ def test_loader_shuffles_per_epoch_and_repeats_by_seed(mini):
 
 def test_loader_normalises_repeats_gray_and_pads(mini):
     split = D.Split(mini.test.images[:4], mini.test.labels[:4])
-    plain = next(iter(D.TensorLoader(split, mini.info, 4)))
+    plain = next(iter(D.TensorLoader(split, mini.info, 4, model_size=(28, 28))))
     expect = (split.images.float() / 255 - mini.info.mean[0]) / mini.info.std[0]
     assert torch.allclose(plain.x, expect, atol=1e-5)
+    served = next(iter(D.TensorLoader(split, mini.info, 4)))  # at the served 32x32, black border
+    assert served.x.shape == (4, 1, 32, 32) and torch.allclose(served.x[..., 2:30, 2:30], expect, atol=1e-5)
+    assert torch.allclose(served.x[..., :2, :], torch.full((4, 1, 2, 32), -mini.info.mean[0] / mini.info.std[0]))
     assert torch.equal(plain.y, split.labels)
     rgb = next(iter(D.TensorLoader(split, mini.info, 4, model_channels=3, model_size=(32, 32))))
     assert rgb.x.shape == (4, 3, 32, 32)

@@ -45,7 +45,7 @@ def test_torchrun_pipeline_trains_warms_up_and_distills_to_valid_checkpoints(tmp
     """One torchrun launch of the whole chain: train (teacher), prune, warmup (one DDP per curriculum
     phase), distill (kd + fitnet: the regressors train in DDP with the student), evaluate, retrieve."""
     code, out, err = _torchrun("pipeline", "-t", "cnn3-w0.5", "-s", "cnn3-w0.25", "--teacher-epochs", "1",
-                               "--epochs", "1", "--epochs-per-tap", "1,1,1", "-m", "kd", "-m", "fitnet", *DATA,
+                               "--epochs", "1", "--budget", "added", "--epochs-per-tap", "1,1,1", "-m", "kd", "-m", "fitnet", *DATA,
                                "-o", "run", "--json", cwd=tmp_path)
     assert code == 0, err[-4000:]
     lines = [ln for ln in out.splitlines() if ln.strip()]

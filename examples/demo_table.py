@@ -1,0 +1,49 @@
+"""The demo's last step: its three students side by side, beside the effect study's same three arms.
+
+    python examples/demo_table.py demo-out 32 12
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "effect-fmnist" / "results.json"
+ARMS = (("CE", "student, CE alone"), ("KD+W", "student, KD alone"), ("InD+KD", "student, InDistill + KD"))
+
+
+def main(out: str, total: int, warm: int) -> None:
+    load = lambda p: json.loads((Path(out) / p).read_text())  # noqa: E731
+    ce_e, ce_r = load("student_ce.evaluate.json"), load("student_ce.retrieve.json")["metrics"]
+    rows = [(ce_e["top1"], ce_r["cosine"]["map"], ce_r["euclidean"]["map"], ce_r["cosine"]["precision@100"])]
+    for name in ("kd", "indistill"):
+        f = load(f"{name}.json")["final"]
+        rows.append((f["top1"], f["map_cosine"], f["map_euclidean"], f["p@100_cosine"]))
+    study = json.loads(STUDY.read_text()) if STUDY.exists() else None
+    print(f"\nbudget: equal total epochs -- every student trains {total} epochs; InDistill's {warm} warmup epochs "
+          f"count inside them ({warm} warmup + {total - warm} KD, one continuous lr plan)")
+    head = f"{'test split (%)':<26}{'top-1':>8}{'mAP cos':>9}{'mAP euc':>9}{'P@100':>8}"
+    if study:
+        n = len(study["summary"]["complete_seeds"])
+        head += f"   | study: full Fashion-MNIST, {n} seeds, mAP cos mean +- std"
+    print(head)
+    for (arm, label), r in zip(ARMS, rows):
+        line = f"{label:<26}" + "".join(f"{100 * v:>{w}.2f}" for v, w in zip(r, (8, 9, 9, 8)))
+        if study:
+            m = study["summary"]["arms"][arm]["map_cosine"]
+            line += f"   | {m['mean']:.2f} +- {m['std']:.2f}"
+        print(line)
+    if study:
+        for c in study["summary"]["comparisons"]["primary"]:
+            if (c["a"], c["b"]) == ("InD+KD", "KD+W"):
+                d = c["map_cosine"]
+                print(f"study, InDistill+KD - KD (equal total epochs, n={c['n']}): {d['mean']:+.2f} mAP "
+                      f"[95% CI {d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]; details: {STUDY.parent / 'results.md'}")
+    else:
+        print(f"(the effect study's results are not in this checkout: {STUDY})")
+    print(f"\nper-tap MSE curves of the warmup: {out}/indistill/flow.png; all checkpoints: {out}/")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
