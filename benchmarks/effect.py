@@ -55,6 +55,7 @@ class Preset:
     batch_size: int = 128
     teacher_lr: float = 0.05
     gap_required: bool = True  # smoke data (random labels) has no gap to check
+    device: str = "cpu"
 
     @property
     def warm_epochs(self) -> int:
@@ -66,6 +67,11 @@ PRESETS: dict[str, Preset] = {
                      student="cnn3-w0.5", kd_epochs=20, curriculum="3,4,5", seeds=tuple(range(8)), primary_seeds=5,
                      pilot_seed=100, keep_flow_grid=((0.1, 0.7), (1.0, 0.7), (1.0, 0.9), (10.0, 0.9)),
                      threads=1, jobs=2),
+    # the reference's CIFAR-10 scale (a GPU): 70 student epochs of which 12 warmup, teacher PreAct ResNet-18
+    "paper": Preset(data="cifar10", teacher="preact_resnet18", teacher_epochs=100, aux="cnn3", aux_epochs=80,
+                    student="cnn3-w0.5", kd_epochs=58, curriculum="3,4,5", seeds=tuple(range(5)), primary_seeds=5,
+                    pilot_seed=100, keep_flow_grid=((0.1, 0.7), (1.0, 0.7), (1.0, 0.9), (10.0, 0.9)), threads=8,
+                    jobs=1, teacher_lr=0.1, device="auto"),
     "smoke": Preset(data="synthetic:1x28x28:10:400", teacher="cnn3", teacher_epochs=1, aux="cnn3", aux_epochs=1,
                     student="cnn3-w0.5", kd_epochs=2, curriculum="1,1,1", seeds=(0, 1), primary_seeds=2,
                     pilot_seed=100, keep_flow_grid=((1.0, 0.5), (10.0, 0.5)), threads=1, jobs=1, gap_required=False),
@@ -119,7 +125,7 @@ def opts_for(p: Preset, seed: int, **kw: Any) -> Any:
     from indistill_cli.session import RunOptions
 
     return RunOptions(**{"data": p.data, "val_fraction": p.val_fraction, "batch_size": p.batch_size, "seed": seed,
-                         "device": "cpu", "save_every": 0, **kw})
+                         "device": p.device, "save_every": 0, **kw})
 
 
 def scores(p: Preset, ckpt: str) -> dict[str, float]:

@@ -677,7 +677,7 @@ def pipeline(
 
     Examples:
 
-        indistill pipeline -t resnet20 -s cnn3-w0.5 --data fashion-mnist-mini --teacher-epochs 8 --epochs 15 -o runs/ind
+        indistill pipeline -t resnet20 -s cnn3-w0.5 --data fashion-mnist-mini --teacher-epochs 8 --epochs 32 -o runs/ind
 
         indistill pipeline -t teacher.safetensors -s cnn3-w0.5 --no-warmup -o runs/baseline
 

@@ -1,4 +1,4 @@
-"""End to end: `indistill pipeline`, its --resume, the README's shell pipe, and the reproduce benchmark.
+"""End to end: `indistill pipeline`, its --resume, the README's shell pipe, and the effect study's runner.
 
 The pipeline must be exactly the standalone commands chained (same seed -> bitwise-identical student),
 resume must redo only what is missing, and the README's pipe must run as written.
@@ -115,15 +115,27 @@ def test_readme_pipe_runs_as_written(tmp_path):
     assert "top-1" in p.stderr
 
 
-def test_reproduce_smoke_writes_json_table_and_figure(tmp_path):
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reproduce.py"), "--preset", "smoke",
-                        "--out", str(tmp_path), "--quiet"], env=_env(), capture_output=True, text=True,
-                       timeout=900)
+def test_effect_study_smoke_writes_protocol_results_and_figure(tmp_path):
+    """The effect study's runner end to end on tiny synthetic data: every arm for every seed, both budget
+    views, paired differences that are the per-seed differences, and a resumable run folder."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "effect.py"), "--preset", "smoke", "--out", str(tmp_path)]
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads((tmp_path / "results.json").read_text())
-    assert set(r["summary"]) == {"student alone", "PKT", "InDistill+PKT", "KD", "InDistill+KD"}
-    assert all(len(v) == r["seeds"] == 2 for v in r["runs"].values())
-    assert "InDistill+PKT - PKT" in r["paired_differences"]
-    md = (tmp_path / "results.md").read_text()
-    assert "| InDistill+KD |" in md and "Command:" in md
-    assert (tmp_path / "figure.png").stat().st_size > 10_000
+    s = r["summary"]
+    assert s["complete_seeds"] == [0, 1]
+    assert set(s["per_seed"]) == {"CE", "PKT", "PKT+W", "InD+PKT", "InD+PKT+keep", "KD", "KD+W", "InD+KD"}
+    rows = {(c["a"], c["b"]): c for c in s["comparisons"]["primary"]}
+    views = {c["view"] for c in rows.values()}
+    assert {"equal total epochs", "warmup added"} <= views
+    eq = rows[("InD+KD", "KD+W")]["map_cosine"]
+    per = s["per_seed"]
+    assert eq["per_seed"] == [per["InD+KD"][k]["map_cosine"] - per["KD+W"][k]["map_cosine"] for k in ("0", "1")]
+    assert r["pilot"]["chosen"] in [[1.0, 0.5], [10.0, 0.5]]
+    assert len(r["runs"]) == 5 + 4 + 2 * 9  # reference, pilot (warmup, 2 keep-flow candidates, plain), (warmup + 8 arms) per seed
+    for name in ("protocol.md", "results.md", "figure.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    assert "equal total epochs" in (tmp_path / "results.md").read_text()
+    # a rerun finds every run done and only rebuilds the report
+    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "[effect] start" not in again.stderr
