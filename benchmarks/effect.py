@@ -115,14 +115,14 @@ def arm_epochs(p: Preset, arm: str) -> int:
 
 def student_optim(total: int) -> Any:
     """The reference student schedule over `total` epochs: Adam 1e-3, no weight decay, x0.1 for the last seventh."""
-    from indistill_cli.engine import OptimConfig
-    from indistill_cli.pipeline import reference_student_optim, with_milestone
+    from indistill_cli.engine.schedule import OptimConfig
+    from indistill_cli.stages.pipeline import reference_student_optim, with_milestone
 
     return with_milestone(reference_student_optim(), total)
 
 
 def opts_for(p: Preset, seed: int, **kw: Any) -> Any:
-    from indistill_cli.session import RunOptions
+    from indistill_cli.stages.options import RunOptions
 
     return RunOptions(**{"data": p.data, "val_fraction": p.val_fraction, "batch_size": p.batch_size, "seed": seed,
                          "device": p.device, "save_every": 0, **kw})
@@ -130,8 +130,8 @@ def opts_for(p: Preset, seed: int, **kw: Any) -> Any:
 
 def scores(p: Preset, ckpt: str) -> dict[str, float]:
     """Test top-1 and the paper's retrieval endpoints (train split as the database, test as queries)."""
-    from indistill_cli.evaluate import run_evaluate
-    from indistill_cli.retrieve import run_retrieve
+    from indistill_cli.stages.evaluate import run_evaluate
+    from indistill_cli.stages.retrieve import run_retrieve
 
     ev = run_evaluate(ckpt, "test", opts_for(p, 0, augment=False), per_class=False)
     rt = run_retrieve(ckpt, opts_for(p, 0, val_fraction=0.0), None, "train", "test", "both", "exact", [100],
@@ -144,10 +144,10 @@ def scores(p: Preset, ckpt: str) -> dict[str, float]:
 def val_map(p: Preset, ckpt: str) -> float:
     """Validation retrieval mAP (cosine, the validation split searched in itself, leave-one-out): what the
     gap check and the pilot use, so no decision looks at the test split."""
-    from indistill_cli.checkpoint import load_checkpoint
-    from indistill_cli.evaluation import classify
-    from indistill_cli.models import model_from_checkpoint
-    from indistill_cli.session import open_session
+    from indistill_cli.io.checkpoint import load_checkpoint
+    from indistill_cli.metrics import classify
+    from indistill_cli.pruning.rebuild import model_from_checkpoint
+    from indistill_cli.stages.session import open_session
 
     s = open_session(opts_for(p, 0, augment=False))
     ck = load_checkpoint(ckpt)
@@ -192,11 +192,11 @@ def run_job(preset: str, out_s: str, job: Job, threads: int) -> dict[str, Any]:
 
 
 def _dispatch(p: Preset, out: Path, job: Job) -> dict[str, Any]:
-    from indistill_cli.distill import run_distill
-    from indistill_cli.engine import OptimConfig
-    from indistill_cli.prune import run_prune
-    from indistill_cli.train import run_train
-    from indistill_cli.warmup import run_warmup
+    from indistill_cli.stages.distill import run_distill
+    from indistill_cli.engine.schedule import OptimConfig
+    from indistill_cli.stages.prune import run_prune
+    from indistill_cli.stages.train import run_train
+    from indistill_cli.stages.warmup import run_warmup
 
     w = lambda name: _w(out, name)  # noqa: E731
     o = opts_for(p, job.seed)

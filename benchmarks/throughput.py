@@ -3,7 +3,7 @@
 Three ways to run one knowledge-distillation step (teacher resnet56 frozen, student resnet20,
 loss 0.1 * CE + 0.9 * T^2 KL at T = 4, SGD with momentum, random crop (pad 4) + flip):
 
-  ours          `indistill_cli.distill.run_distill` itself on `synthetic:3x32x32:10:N`: the real
+  ours          `indistill_cli.stages.distill.run_distill` itself on `synthetic:3x32x32:10:N`: the real
                 data path (uint8 tensors, the epoch's plan, batched crop + flip), Distiller, Engine
                 (NaN guard, lr schedule, logging cadence) with the CLI's defaults for the device. Two
                 epochs of --batches steps each; the second epoch's img/s is taken (the first warms up).
@@ -102,7 +102,7 @@ class Ours:
 
     def __init__(self, args: argparse.Namespace, device: torch.device, work: Path, name: str = "ours") -> None:
         from indistill_cli import progress
-        from indistill_cli.common import write_model
+        from indistill_cli.io.history import write_model
 
         progress.set_quiet(True)
         teacher, _, spec = _models(torch.device("cpu"))
@@ -112,9 +112,9 @@ class Ours:
         self.name, self.extra = name, self.VARIANTS[name]
 
     def run(self) -> float:
-        from indistill_cli.distill import run_distill
-        from indistill_cli.engine import OptimConfig
-        from indistill_cli.session import RunOptions
+        from indistill_cli.stages.distill import run_distill
+        from indistill_cli.engine.schedule import OptimConfig
+        from indistill_cli.stages.options import RunOptions
 
         a = self.args
         n = a.batches * a.batch_size
@@ -285,7 +285,7 @@ def make_engine(name: str, args: argparse.Namespace, device: torch.device, work:
 
 
 def peak_mb(device: torch.device) -> float:
-    from indistill_cli.runtime import peak_memory_mb  # CUDA allocator peak, or this process image's VmHWM
+    from indistill_cli.engine.runtime import peak_memory_mb  # CUDA allocator peak, or this process image's VmHWM
 
     return peak_memory_mb(device)
 
@@ -318,7 +318,7 @@ def memory_runs(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
         if p.returncode != 0:
             raise SystemExit(f"memory run of {name} failed:\n{p.stderr[-3000:]}")
         out[name] = json.loads(p.stdout.strip().splitlines()[-1])["peak_mb"]
-    p = subprocess.run([sys.executable, "-c", "import torch; from indistill_cli.runtime import peak_memory_mb; "
+    p = subprocess.run([sys.executable, "-c", "import torch; from indistill_cli.engine.runtime import peak_memory_mb; "
                         "print(peak_memory_mb(torch.device('cpu')))"], capture_output=True, text=True,
                        env=_child_env(args), cwd=ROOT)
     out["import_torch_rss"] = float(p.stdout.strip() or "nan")
@@ -326,7 +326,7 @@ def memory_runs(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as work:
         w = Path(work)
         teacher, _, spec = _models(torch.device("cpu"))
-        from indistill_cli.common import write_model
+        from indistill_cli.io.history import write_model
 
         write_model(str(w / "t.safetensors"), teacher.state_dict(), spec, [], {})
         n = args.batches * args.batch_size

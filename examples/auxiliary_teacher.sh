@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The InDistill recipe for a large teacher/student gap (METHOD.md, stage 0): the auxiliary teacher
+# The InDistill recipe for a large teacher/student gap (docs/method.md, stage 0): the auxiliary teacher
 # is the student's own topology at 2x width, CE-trained, then trained with PKT so its embedding
 # mimics the big teacher's; it is pruned to the student's widths, warms the student up, and is the
 # teacher of the final PKT stage. Only the standard commands are used.

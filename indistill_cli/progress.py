@@ -17,9 +17,14 @@ def set_quiet(quiet: bool) -> None:
     _QUIET = quiet
 
 
+def main_process() -> bool:
+    """This process is torchrun's rank 0, or not under torchrun at all: the one that prints and writes."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def quiet() -> bool:
     """No progress, notices or tables: --quiet, INDISTILL_QUIET=1, or a torchrun rank other than 0."""
-    return _QUIET or os.environ.get("INDISTILL_QUIET") == "1" or os.environ.get("RANK", "0") != "0"
+    return _QUIET or os.environ.get("INDISTILL_QUIET") == "1" or not main_process()
 
 
 def info(msg: str) -> None:

@@ -54,6 +54,23 @@ def run_cli():
     return run_cli_subprocess
 
 
+def invoke(*args: object, input: bytes | None = None) -> Any:
+    """The CLI in this process (typer's CliRunner result); module state (the stdin cache, --quiet) is reset
+    before and after, so in-process runs leave nothing behind for the next one."""
+    from typer.testing import CliRunner
+
+    from indistill_cli import progress
+    from indistill_cli.cli import app
+    from indistill_cli.io import checkpoint
+
+    checkpoint._STDIN_CACHE = None
+    try:
+        return CliRunner().invoke(app, [str(a) for a in args], input=input, catch_exceptions=True)
+    finally:
+        checkpoint._STDIN_CACHE = None
+        progress.set_quiet(False)
+
+
 @pytest.fixture
 def cli():
     """Run the CLI in this process (typer's CliRunner): same (code, stdout bytes, stderr text) triple.
@@ -61,20 +78,8 @@ def cli():
     Much faster than a subprocess (torch is already imported); use it for error matrices. Anything
     that must go through real stdin/stdout pipes uses `run_cli`.
     """
-    from typer.testing import CliRunner
-
-    from indistill_cli import checkpoint, progress
-    from indistill_cli.cli import app
-
-    runner = CliRunner()
-
-    def invoke(*args: str, input: bytes | None = None) -> tuple[int, bytes, str]:
-        checkpoint._STDIN_CACHE = None
-        try:
-            r = runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=True)
-        finally:
-            checkpoint._STDIN_CACHE = None
-            progress.set_quiet(False)
+    def run(*args: str, input: bytes | None = None) -> tuple[int, bytes, str]:
+        r = invoke(*args, input=input)
         stderr = r.stderr
         if r.exception is not None and not isinstance(r.exception, SystemExit):
             import traceback
@@ -82,7 +87,19 @@ def cli():
             stderr += "Traceback (in-process):\n" + "".join(traceback.format_exception(r.exception))
         return r.exit_code, r.stdout_bytes, stderr
 
-    return invoke
+    return run
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's in-process work: on a shared 2-core machine two OpenMP threads
+    are many times slower than one. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def assert_one_line_error(code: int, stderr: str, *needles: str, exit_code: int = 2) -> str:

@@ -1,5 +1,5 @@
-"""Helpers shared by the stage tests (warmup, distill, retrieve): in-process CLI calls, one-line
-error checks, and artefacts (a trained cnn3 teacher, quick teachers) built once per run and shared
+"""Helpers shared by the stage tests (prune, warmup, distill, retrieve, fair comparison): in-process CLI
+calls, one-line error checks, and artefacts (a trained cnn3 teacher, quick teachers) built once per run and shared
 by every xdist worker through a file lock.
 """
 
@@ -10,31 +10,15 @@ import os
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import invoke
 
-from indistill_cli.cli import app
-from indistill_cli.common import write_model
+from indistill_cli.io.history import write_model
 from indistill_cli.models import make_spec
 
 DATA = "fashion-mnist-mini"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _cli(*args: object, input: bytes | None = None):
-    from indistill_cli import checkpoint, progress
-
-    try:
-        return CliRunner().invoke(app, [str(a) for a in args], input=input)
-    finally:  # in-process runs share module state: leave none behind
-        checkpoint._STDIN_CACHE = None
-        progress.set_quiet(False)
+_cli = invoke  # the CLI in this process (conftest)
 
 
 def _ok(*args: object) -> dict:
@@ -83,9 +67,9 @@ def _quiet_call(fn, *a, **kw):
 
 def build_cnn3_teacher(out: str) -> None:
     """cnn3 trained one epoch on fashion-mnist-mini (val 0.05, seed 0): val top-1 ~0.75."""
-    from indistill_cli.engine import OptimConfig
-    from indistill_cli.session import RunOptions
-    from indistill_cli.train import run_train
+    from indistill_cli.engine.schedule import OptimConfig
+    from indistill_cli.stages.options import RunOptions
+    from indistill_cli.stages.train import run_train
 
     _quiet_call(run_train, "cnn3", out, 1, OptimConfig(), RunOptions(data=DATA, val_fraction=0.05), save_last=False)
 
@@ -95,7 +79,8 @@ def build_quick_teacher(name: str, steps: int):
     def build(out: str) -> None:
         import torch.nn.functional as F
 
-        from indistill_cli.session import RunOptions, open_session
+        from indistill_cli.stages.options import RunOptions
+        from indistill_cli.stages.session import open_session
 
         s = open_session(RunOptions(data=DATA, val_fraction=0.05, batch_size=64))
         info = s.ds.info

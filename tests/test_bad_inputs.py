@@ -17,24 +17,19 @@ import pytest
 import torch
 from conftest import assert_one_line_error
 
-from indistill_cli import checkpoint as C
+from indistill_cli.io import checkpoint as C
 from indistill_cli.errors import BadInput
 
 MINI = ("--data", "fashion-mnist-mini", "--val-fraction", "0.05")
 SYN = ("--data", "synthetic:1x28x28:10:40", "--val-fraction", "0.1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fresh(path: Path, arch: str, classes: int = 10, channels: int = 1, size: int = 28, seed: int = 0) -> Path:
     """An untrained model checkpoint (error paths need a valid file, not a good model)."""
-    from indistill_cli.common import write_model
+    from indistill_cli.io.history import write_model
     from indistill_cli.models import make_spec
 
     torch.manual_seed(seed)
@@ -72,7 +67,7 @@ def no_data(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the dataset was loaded before the bad input was noticed")
 
-    monkeypatch.setattr("indistill_cli.session.load_dataset", boom)
+    monkeypatch.setattr("indistill_cli.stages.session.load_dataset", boom)
 
 
 # ----------------------------------------------------------------------------- checkpoint bytes
@@ -368,7 +363,7 @@ def test_corrupt_images_are_skipped_and_counted_or_stop_with_strict(tmp_path, cl
 
 def test_grayscale_rgb_rgba_palette_mix_loads_as_the_models_channels(tmp_path, cli):
     from indistill_cli.data import load_dataset
-    from indistill_cli.folder_data import FolderLoader
+    from indistill_cli.data.folder import FolderLoader
 
     root = _tree(tmp_path / "mix", modes=("L", "RGB", "RGBA", "P", "LA", "CMYK"), per_class=6)
     ds = load_dataset(f"imagefolder:{root}", val_fraction=0.0, image_size=16)

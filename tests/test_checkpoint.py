@@ -17,7 +17,8 @@ import pytest
 import torch
 from conftest import assert_one_line_error, cli_env
 
-from indistill_cli import checkpoint as C
+from indistill_cli.io import atomic as A
+from indistill_cli.io import checkpoint as C
 from indistill_cli.errors import BadInput, IndistillError, RunFailure
 
 TINY = ("--data", "synthetic:1x28x28:10:160", "--epochs", "1", "--batch-size", "32")
@@ -363,7 +364,7 @@ def test_written_file_has_the_usual_mode(tmp_path):
     mask = os.umask(0o022)
     os.umask(mask)
     dest = tmp_path / "m.safetensors"
-    C.atomic_write(dest, b"abc")
+    A.atomic_write(dest, b"abc")
     assert stat.S_IMODE(dest.stat().st_mode) == 0o666 & ~mask
 
 
@@ -394,7 +395,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, fail_in):
     else:
         monkeypatch.setattr(os, fail_in, boom)
     with pytest.raises(RunFailure, match="m.safetensors: cannot write .No space left on device."):
-        C.atomic_write(dest, b"new content")
+        A.atomic_write(dest, b"new content")
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["m.safetensors"] and dest.read_bytes() == b"original"
 
@@ -413,7 +414,7 @@ def test_failed_write_is_one_line_exit_1(tmp_path, monkeypatch, cli):
 
     disk_full = types.SimpleNamespace(**{k: getattr(os, k) for k in dir(os) if not k.startswith("__")})
     disk_full.fsync = boom
-    monkeypatch.setattr(C, "os", disk_full)  # only checkpoint writes fail
+    monkeypatch.setattr(A, "os", disk_full)  # only file writes fail
     out = tmp_path / "m.safetensors"
     code, _, err = cli("train", "cnn3-w0.5", *TINY, "-o", str(out), "--quiet")
     assert_one_line_error(code, err, "m.safetensors: cannot write (No space left on device)", exit_code=1)

@@ -17,6 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from indistill_cli import data as D
+from indistill_cli.data import builtin
+from indistill_cli.data.splits import carve_val
 from indistill_cli.errors import BadInput
 
 
@@ -45,9 +47,9 @@ def test_val_split_is_carved_deterministically(mini):
     n = len(mini.train)
     tagged = D.Split(torch.arange(n), mini.train.labels.clone(), "train")
     torch.manual_seed(123)
-    tr1, va1 = D._carve_val(tagged, 0.1)
+    tr1, va1 = carve_val(tagged, 0.1)
     torch.manual_seed(456)  # the global seed must not matter: every run selects on the same images
-    tr2, va2 = D._carve_val(tagged, 0.1)
+    tr2, va2 = carve_val(tagged, 0.1)
     assert torch.equal(va1.images, va2.images) and torch.equal(tr1.images, tr2.images)
     assert (len(tr1), len(va1)) == (9_000, 1_000)
     assert torch.bincount(va1.labels).tolist() == [100] * 10  # per class
@@ -212,7 +214,7 @@ def test_idx_copy_in_data_root_is_found(tmp_path, trained_cnn3, cli):
 
 def test_idx_in_system_dir_is_found(tmp_path, monkeypatch):
     make_idx_dir(tmp_path / "system" / "MNIST" / "raw")
-    monkeypatch.setattr(D, "SYSTEM_DIRS", [tmp_path / "system"])
+    monkeypatch.setattr(builtin, "SYSTEM_DIRS", [tmp_path / "system"])
     ds = D.load_dataset("mnist", val_fraction=0.0, root=tmp_path / "empty", download=False)
     assert ds.source == str(tmp_path / "system" / "MNIST" / "raw") and len(ds.train) == 20
     assert ds.info.flip is False  # digits are not mirror-symmetric
@@ -324,7 +326,7 @@ def make_image_tree(root: Path, per_class: int = 6, val_per_class: int = 2) -> N
 
 
 def test_imagefolder_loader_skips_corrupt_images(tmp_path):
-    from indistill_cli.folder_data import FolderLoader, scan
+    from indistill_cli.data.folder import FolderLoader, scan
 
     make_image_tree(tmp_path)
     ds = D.load_dataset(f"imagefolder:{tmp_path}", val_fraction=0.0, image_size=16)
@@ -353,7 +355,7 @@ def test_imagefolder_trains_one_epoch_via_cli(tmp_path, run_cli):
     assert "Traceback" not in err
     summary = json.loads(stdout)
     assert summary["best_epoch"] == 1 and 0.0 <= summary["val_top1"] <= 1.0
-    from indistill_cli.checkpoint import load_checkpoint
+    from indistill_cli.io.checkpoint import load_checkpoint
 
     ck = load_checkpoint(out)
     assert ck.spec["in_channels"] == 3 and ck.spec["input_size"] == [32, 32] and ck.spec["num_classes"] == 2

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from conftest import cli_env
 
-from indistill_cli.checkpoint import load_checkpoint
+from indistill_cli.io.checkpoint import load_checkpoint
 
 torch.set_num_threads(1)
 DATA = ("--data", "synthetic:1x28x28:10:160", "--val-fraction", "0.2", "--batch-size", "32")
@@ -89,8 +89,9 @@ class Tiny(nn.Module):
 def _engine_step(rt) -> dict:
     """One Engine step of CE on TensorLoader's rank shard of 128 images (64 per rank on 2 ranks)."""
     from indistill_cli import data as D
-    from indistill_cli.engine import Engine, OptimConfig
-    from indistill_cli.runtime import ddp
+    from indistill_cli.engine.loop import Engine
+    from indistill_cli.engine.schedule import OptimConfig
+    from indistill_cli.engine.runtime import ddp
 
     torch.manual_seed(123 + rt.rank)  # a different init on rank 1: DDP's wrap-time broadcast must fix it
     model = Tiny()
@@ -115,8 +116,9 @@ def _engine_step(rt) -> dict:
 def _warmup_phases(rt) -> dict:
     """Two warmup phases the way warmup.py runs them: StudentUpTo per phase, DDP over it without the
     parameters the phase cannot reach; plus flow_mse reduced over ranks."""
-    from indistill_cli.flow import FlowPair, Pair, StudentUpTo, flow_mse, mse
-    from indistill_cli.runtime import broadcast_state, ddp
+    from indistill_cli.metrics.flow import flow_mse, mse
+    from indistill_cli.pruning.targets import FlowPair, Pair, StudentUpTo
+    from indistill_cli.engine.runtime import broadcast_state, ddp
 
     torch.manual_seed(99)
     teacher = Tiny().eval()
@@ -152,7 +154,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from indistill_cli.runtime import Runtime
+    from indistill_cli.engine.runtime import Runtime
 
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
     try:
@@ -186,7 +188,7 @@ def two_ranks(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_rank():
     from indistill_cli import progress
-    from indistill_cli.runtime import Runtime
+    from indistill_cli.engine.runtime import Runtime
 
     progress.set_quiet(True)
     try:

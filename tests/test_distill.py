@@ -19,13 +19,16 @@ import pytest
 import torch
 
 from indistill_cli import losses
-from indistill_cli.checkpoint import load_checkpoint
-from indistill_cli.common import write_model
-from indistill_cli.models import make_spec, model_from_checkpoint
+from indistill_cli.io.checkpoint import load_checkpoint
+from indistill_cli.io.history import write_model
+from indistill_cli.models import make_spec
+from indistill_cli.pruning.rebuild import model_from_checkpoint
 
-from stage_helpers import (  # noqa: F401 - _one_thread is an autouse fixture
-    DATA, _bad, _ok, _one_thread, _shared_file, build_cnn3_teacher, build_quick_teacher, _prune, info, teacher,
+from stage_helpers import (  # noqa: F401 - fixtures
+    DATA, _bad, _ok, _shared_file, build_cnn3_teacher, build_quick_teacher, _prune, info, teacher,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VAL = ("--val-fraction", "0.05")
 ONE = ("--epochs", "1", *VAL)
@@ -50,8 +53,9 @@ def _fresh_keys(info) -> set[str]:
 @pytest.fixture(scope="module")
 def untrained_top1(info) -> float:
     """Validation top-1 of a fresh cnn3-w0.5 (the bar every method must clear by far)."""
-    from indistill_cli.evaluation import classify
-    from indistill_cli.session import RunOptions, open_session
+    from indistill_cli.metrics import classify
+    from indistill_cli.stages.options import RunOptions
+    from indistill_cli.stages.session import open_session
 
     s = open_session(RunOptions(data=DATA, val_fraction=0.05))
     torch.manual_seed(0)
@@ -203,8 +207,9 @@ def test_timm_teacher_proportional_pairing(tmp_path_factory, work):
 # ----------------------------------------------------------------------------- the teacher stays frozen
 
 def test_distiller_never_gives_the_teacher_gradients(teacher, info):
-    from indistill_cli.distill import Distiller, MethodSpec, _feature_shapes, _pairs_for
-    from indistill_cli.session import RunOptions, open_session
+    from indistill_cli.stages.distiller import Distiller, MethodSpec, feature_shapes, method_pairs
+    from indistill_cli.stages.options import RunOptions
+    from indistill_cli.stages.session import open_session
 
     ck = load_checkpoint(teacher)
     t_model = model_from_checkpoint(ck).eval()  # requires_grad left on: the distiller must keep grads out
@@ -217,9 +222,9 @@ def test_distiller_never_gives_the_teacher_gradients(teacher, info):
     pairs, mods = [], []
     for m in specs:
         cls = losses.get(m.name)
-        p = _pairs_for(cls.uses, ck.spec, s_spec, [], None)
-        mods.append(cls(_feature_shapes(student, [b for _, b in p], cls.uses, probe),
-                        _feature_shapes(t_model, [a for a, _ in p], cls.uses, probe), 10, 9500, **m.hparams))
+        p = method_pairs(cls.uses, ck.spec, s_spec, [], None)
+        mods.append(cls(feature_shapes(student, [b for _, b in p], cls.uses, probe),
+                        feature_shapes(t_model, [a for a, _ in p], cls.uses, probe), 10, 9500, **m.hparams))
         pairs.append(p)
     d = Distiller(student, specs, pairs, mods, 1.0)
     d.train()  # what the engine does to the module it trains

@@ -11,7 +11,8 @@ import pytest
 import torch
 from stage_helpers import DATA, _bad, _ok, _prune, _shared_file, teacher  # noqa: F401
 
-from indistill_cli.engine import Engine, OptimConfig, lr_factor, resolve_select
+from indistill_cli.engine.loop import Engine
+from indistill_cli.engine.schedule import OptimConfig, lr_factor, resolve_select
 from indistill_cli.errors import BadInput
 from indistill_cli.metrics import retrieval_metrics
 
@@ -92,12 +93,12 @@ def test_train_select_last_and_map(tmp_path) -> None:
 def test_every_command_starts_from_the_same_student(teacher, pruned, tmp_path, monkeypatch) -> None:  # noqa: F811
     """train, warmup, distill and pipeline given one seed start from bitwise-equal students (the teacher is
     built before the student in distill, after it in warmup: the order must not matter)."""
-    from indistill_cli import engine
-    from indistill_cli.distill import run_distill
-    from indistill_cli.pipeline import PipelineConfig, run_pipeline
-    from indistill_cli.session import RunOptions
-    from indistill_cli.train import run_train
-    from indistill_cli.warmup import run_warmup
+    from indistill_cli.engine import loop as engine
+    from indistill_cli.stages.distill import run_distill
+    from indistill_cli.stages.pipeline import PipelineConfig, run_pipeline
+    from indistill_cli.stages.options import RunOptions
+    from indistill_cli.stages.train import run_train
+    from indistill_cli.stages.warmup import run_warmup
 
     class Started(Exception):
         pass
@@ -200,7 +201,7 @@ def test_a_plan_split_in_two_runs_equals_one_run() -> None:
     weights of one 3-epoch fit: the continuation loses nothing (Adam moments, step count, lr, data order)."""
     from indistill_cli.data import Split, TensorLoader, load_dataset
     from indistill_cli.models import make_spec
-    from indistill_cli.runtime import resolve_runtime
+    from indistill_cli.engine.runtime import resolve_runtime
 
     info = load_dataset(DATA).info
     g = torch.Generator().manual_seed(0)
@@ -228,10 +229,10 @@ def test_warmup_plan_continues_into_distill(teacher, pruned, tmp_path) -> None: 
     w = _ok("warmup", "-t", pruned, "-s", "cnn3-w0.5", "--epochs-per-tap", "1,1,1", "--plan-epochs", "5",
             "--schedule", "multistep", "--milestones", "4", "-o", tmp_path / "w.safetensors")
     assert w["plan"] == str(tmp_path / "w.plan.safetensors") and Path(w["plan"]).exists()
-    from indistill_cli.plan_state import load_plan
+    from indistill_cli.io.plan_state import load_plan
 
     state, plan, done = load_plan(w["plan"], w["sha256"])
-    assert done == 3 and plan.plan_epochs == 5 and plan.milestones == [4]
+    assert done == 3 and plan["plan_epochs"] == 5 and plan["milestones"] == [4]
     from indistill_cli.models import make_spec
 
     names = {n for n, _ in make_spec("cnn3-w0.5", 1, 10, (32, 32))[1].named_parameters()}
@@ -258,7 +259,7 @@ def test_warmup_plan_continues_into_distill(teacher, pruned, tmp_path) -> None: 
 
 
 def test_keep_flow_weight_decays_per_epoch() -> None:
-    from indistill_cli.distill import KeepFlow
+    from indistill_cli.stages.distiller import KeepFlow
 
     kf = KeepFlow(flow=None, weight=2.0, decay=0.5, shared=True)
     assert [kf.weight_at(e) for e in range(4)] == [2.0, 1.0, 0.5, 0.25]

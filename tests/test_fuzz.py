@@ -17,7 +17,7 @@ from conftest import assert_one_line_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indistill_cli import checkpoint as C
+from indistill_cli.io import checkpoint as C
 from indistill_cli.errors import BadInput
 
 
@@ -29,12 +29,7 @@ def fuzz(n: int) -> settings:
 DTYPES = ["F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "X99", "", 7, None]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _valid() -> bytes:
@@ -57,7 +52,7 @@ HEADER_SPEC = json.loads(HEADER["__metadata__"]["spec"])
 
 def load_or_bad_input(data: bytes) -> C.Checkpoint | None:
     """The property: BadInput or a checkpoint whose model builds (or is refused with BadInput)."""
-    from indistill_cli.models import model_from_checkpoint
+    from indistill_cli.pruning.rebuild import model_from_checkpoint
 
     try:
         ck = C.from_bytes(data, "fuzz.safetensors")
@@ -176,7 +171,7 @@ def test_edited_specs_with_a_valid_checksum_only_raise_bad_input(edits):
 ])
 def test_a_forged_giant_model_is_refused_before_building(edit, needle):
     """A spec declaring a model of terabytes is refused from its numbers, not by running out of memory."""
-    from indistill_cli.models import model_from_checkpoint
+    from indistill_cli.pruning.rebuild import model_from_checkpoint
 
     ck = C.from_bytes(C.to_bytes(C.Checkpoint("model", {**HEADER_SPEC, **edit}, C.from_bytes(VALID).state)), "x")
     with pytest.raises(BadInput, match=needle.replace("[", r"\[").replace("(", r"\(")):

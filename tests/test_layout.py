@@ -1,9 +1,17 @@
-"""The architecture's promises: same-seed results unchanged by the move (more checks join below)."""
+"""The architecture's promises: imports go down the layers only, no cycles, short functions, and the
+same-seed results of before the move.
+
+Layers, bottom to top (each imports only from its own unit and the layers below, lazy imports too):
+errors/progress/optionspec -> io -> models, data -> engine, pruning, losses, metrics -> stages -> cli.
+"""
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,3 +43,135 @@ def test_same_seed_results_bitwise_equal_to_before_the_move(tmp_path: Path) -> N
     expected = _reference(tmp_path)
     got = bitwise.run_chain(ROOT, tmp_path / "run")
     assert got == expected
+
+
+# ----------------------------------------------------------------------------- layering
+
+PACKAGE = ROOT / "indistill_cli"
+# bottom to top: a module imports only its own unit and units of lower layers (lazy imports included)
+LAYERS: list[list[str]] = [
+    ["indistill_cli"],  # the package's own __init__ (its version)
+    ["indistill_cli.errors", "indistill_cli.progress", "indistill_cli.optionspec"],
+    ["indistill_cli.io"],
+    ["indistill_cli.models", "indistill_cli.data"],
+    ["indistill_cli.engine", "indistill_cli.pruning", "indistill_cli.losses", "indistill_cli.metrics"],
+    ["indistill_cli.stages"],
+    ["indistill_cli.cli"],
+    ["indistill_cli.__main__"],
+]
+TIER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its __init__)."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _unit(module: str) -> str:
+    """The layer unit a module belongs to: its top-level subpackage, or the bottom module itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def _imports(module: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """Package modules `module` imports anywhere in its file (function-level imports count too)."""
+    is_pkg = path.name == "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = module.split(".") if is_pkg else module.split(".")[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in known:  # `import indistill_cli.data.base as b` -> the module itself
+                name = name.rpartition(".")[0]
+            if name.startswith("indistill_cli") and name != module:
+                found.add(name)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    known = _modules()
+    return {m: _imports(m, p, known) for m, p in known.items()}
+
+
+def test_every_module_has_a_layer() -> None:
+    assert {m for m in _modules() if _unit(m) not in TIER} == set()
+
+
+def test_imports_only_go_down() -> None:
+    """No arrow from a lower layer to a higher one, and none between sibling units of one layer."""
+    wrong = sorted(f"{m} -> {t}" for m, targets in _graph().items() for t in targets
+                   if TIER[_unit(t)] > TIER[_unit(m)] or (TIER[_unit(t)] == TIER[_unit(m)] and _unit(t) != _unit(m)))
+    assert wrong == []
+
+
+def test_no_import_cycle() -> None:
+    graph = _graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(t):] + [t]))
+            if t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+BLOCKER = """
+import importlib, sys
+allowed, modules = {allowed!r}, {modules!r}
+
+class Upward:
+    def find_spec(self, name, path=None, target=None):
+        unit = ".".join(name.split(".")[:2])
+        if name.startswith("indistill_cli.") and unit not in allowed:
+            raise ImportError(f"{{name}}: a layer above (or beside) the one imported here")
+        return None
+
+sys.meta_path.insert(0, Upward())
+for m in modules:
+    importlib.import_module(m)
+"""
+
+
+@pytest.mark.parametrize("unit", [u for units in LAYERS for u in units if u != "indistill_cli.__main__"])
+def test_each_layer_imports_without_the_layers_above(unit: str) -> None:
+    """In a fresh interpreter that refuses every module above this unit's layer (and its siblings), every
+    module of the unit imports."""
+    allowed = [u for u in TIER if TIER[u] < TIER[unit]] + [unit]
+    modules = [m for m in _modules() if _unit(m) == unit]
+    code = BLOCKER.format(allowed=allowed, modules=modules)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+def test_no_function_over_60_lines() -> None:
+    long = []
+    for m, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 60:
+                    long.append(f"{m}.{node.name}: {n} lines")
+    assert long == []

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from indistill_cli import losses
-from indistill_cli.losses import DistillLoss, Feats
+from indistill_cli.losses import DistillLoss, Feats, KDBatch
 
 ALL = ["at", "crd", "dkd", "fitnet", "kd", "pkt", "pkt-cosine", "rkd", "sp"]
 
@@ -46,7 +46,7 @@ def call(loss: DistillLoss, s_logits, t_logits, s_feats=(), t_feats=(), labels=N
     labels = torch.zeros(n, dtype=torch.long) if labels is None else torch.as_tensor(labels)
     s = Feats(s_logits, list(s_feats))
     t = Feats(t_logits, list(t_feats))
-    return loss(s, t, labels, index, epoch)
+    return loss(KDBatch(s, t, labels, index, epoch))
 
 
 def np_softmax(z: np.ndarray) -> np.ndarray:
@@ -558,7 +558,8 @@ def test_crd_float32_default_path() -> None:
     assert loss.nce_k == 49 and loss.memory_s.shape == (50, 128)
     with torch.inference_mode():
         t = torch.randn(4, 10)
-    val = loss(Feats(torch.randn(4, 5), [torch.randn(4, 6, requires_grad=True)]), Feats(t.clone(), [t.clone()]), torch.zeros(4, dtype=torch.long), torch.tensor([0, 7, 9, 49]), 0)
+    val = loss(KDBatch(Feats(torch.randn(4, 5), [torch.randn(4, 6, requires_grad=True)]), Feats(t.clone(), [t.clone()]),
+                       torch.zeros(4, dtype=torch.long), torch.tensor([0, 7, 9, 49]), 0))
     assert val.dtype == torch.float32 and torch.isfinite(val)
 
 

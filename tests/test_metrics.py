@@ -17,7 +17,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from indistill_cli.flow import mse
+from indistill_cli.metrics.flow import mse
 from indistill_cli.metrics import nearest, retrieval_metrics, topk_correct
 
 # --------------------------------------------------------------------------- references

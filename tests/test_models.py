@@ -10,7 +10,7 @@ from conftest import assert_one_line_error
 
 from indistill_cli.errors import BadInput
 from indistill_cli.models import build_model, list_models, make_spec, parse_name, spec_name
-from indistill_cli.taps import TapSet, as_vector
+from indistill_cli.models.taps import TapSet, as_vector
 
 NATIVE = [e.name for e in list_models()]
 SHAPES = {"rgb32": (3, (32, 32)), "gray28": (1, (28, 28))}

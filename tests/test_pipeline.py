@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from indistill_cli.checkpoint import load_checkpoint
+from indistill_cli.io.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

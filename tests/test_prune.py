@@ -1,4 +1,4 @@
-"""Tests for `indistill prune` (indistill_cli.prune), checked against hand computations.
+"""Tests for `indistill prune` (indistill_cli.pruning, indistill_cli.stages.prune), checked against hand computations.
 
 A real cnn3 teacher is trained for one epoch on the embedded Fashion-MNIST subset; a resnet20
 "teacher" gets seeded random weights and BN statistics (training it would take too long here), which
@@ -16,60 +16,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 import torch.nn as nn
-from typer.testing import CliRunner
 
-from indistill_cli import prune as P
-from indistill_cli.checkpoint import load_checkpoint
-from indistill_cli.cli import app
-from indistill_cli.common import write_model
+from stage_helpers import DATA, _bad, _cli, _ok, info  # noqa: F401 - info is a fixture
+
+from indistill_cli import pruning as P
 from indistill_cli.errors import BadInput
-from indistill_cli.flow import FlowPair, pairs_from_teacher
-from indistill_cli.models import make_spec, model_from_checkpoint
-from indistill_cli.taps import TapSet
+from indistill_cli.io.checkpoint import load_checkpoint
+from indistill_cli.io.history import write_model
+from indistill_cli.models import make_spec
+from indistill_cli.models.taps import TapSet
+from indistill_cli.pruning.rebuild import model_from_checkpoint
+from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
 
-DATA = "fashion-mnist-mini"
 VAL = ["--val-fraction", "0.02"]  # 200 validation images: enough to evaluate, cheap on a CPU
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _cli(*args: str):
-    from indistill_cli import checkpoint, progress
-
-    try:
-        return CliRunner().invoke(app, [str(a) for a in args])
-    finally:  # in-process runs share module state: leave none behind
-        checkpoint._STDIN_CACHE = None
-        progress.set_quiet(False)
-
-
-def _ok(*args: str) -> dict:
-    res = _cli(*args, "--json", "-q")
-    assert res.exit_code == 0, res.output
-    return json.loads(res.stdout)
-
-
-def _bad(*args: str) -> str:
-    """Run a command that must fail as bad input: exit 2 and one line on stderr, no traceback."""
-    res = _cli(*args)
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
-    assert "Traceback" not in res.output
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def info():
-    from indistill_cli.data import load_dataset
-
-    return load_dataset(DATA).info
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise(model: nn.Module, seed: int) -> nn.Module:
@@ -106,9 +67,9 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cnn3_teacher(work) -> str:
     """A real (1 epoch) cnn3 teacher trained through the library."""
-    from indistill_cli.engine import OptimConfig
-    from indistill_cli.session import RunOptions
-    from indistill_cli.train import run_train
+    from indistill_cli.engine.schedule import OptimConfig
+    from indistill_cli.stages.options import RunOptions
+    from indistill_cli.stages.train import run_train
 
     out = work / "cnn3.safetensors"
     os.environ["INDISTILL_QUIET"] = "1"
@@ -446,7 +407,7 @@ def test_cli_errors_are_one_line(cnn3_teacher, work, info):
 
 
 def test_prune_to_stdout(cnn3_teacher):
-    from indistill_cli.checkpoint import from_bytes
+    from indistill_cli.io.checkpoint import from_bytes
 
     res = _cli("prune", cnn3_teacher, "--like", "cnn3-w0.5", "-o", "-", "-q", *VAL)
     assert res.exit_code == 0, res.output

@@ -29,12 +29,7 @@ TRAIN = ("train", "cnn3-w0.5", *DATA, "--epochs", "2", "--seed", "3", "--no-last
 TINY = ("--data", "synthetic:1x28x28:10:160", "--val-fraction", "0.1", "--epochs", "2", "--batch-size", "32")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -104,7 +99,7 @@ def generations(state_dir: Path) -> int:
 
 def fresh_checkpoint(path: Path, arch: str, seed: int = 11) -> Path:
     """An untrained model checkpoint for fashion-mnist-mini (a stand-in teacher: its weights are random)."""
-    from indistill_cli.common import write_model
+    from indistill_cli.io.history import write_model
     from indistill_cli.data import load_dataset
     from indistill_cli.models import make_spec
 
@@ -167,7 +162,7 @@ def test_train_sigint_and_sigkill_mid_epoch_then_resume_is_bitwise(tmp_path, cli
     err = resume_in_process(cli, TRAIN, b)  # --save-every may differ on resume (it does not shape the run)
     assert_bitwise(b, ref)
     assert sorted(os.listdir(b_dir)) == ["m.safetensors"]  # temp files of the killed write are gone too
-    from indistill_cli.checkpoint import load_checkpoint
+    from indistill_cli.io.checkpoint import load_checkpoint
 
     h = load_checkpoint(b).history[-1]
     assert h["seed"] == 3 and h["device"].startswith("cpu") and h["options"]["seed"] == 3
@@ -193,7 +188,7 @@ def test_warmup_sigterm_then_resume_continues_curves_bitwise(work, tmp_path, cli
     assert json.loads(stdout)["curves"] == ref_curves  # 1 + 3 points per tap, the first from before training
     assert all(len(c) == 4 for c in ref_curves.values())
     assert not (tmp_path / "w.resume").exists()
-    from indistill_cli.checkpoint import load_checkpoint
+    from indistill_cli.io.checkpoint import load_checkpoint
 
     h = load_checkpoint(out).history[-1]
     assert h["stage"] == "warmup" and h["seed"] == 5 and h["device"].startswith("cpu")
@@ -224,7 +219,7 @@ def test_distill_crd_sigint_then_resume_restores_memory_and_sampler(work, tmp_pa
     assert_bitwise(out, ref)
     assert_bitwise(tmp_path / "s.adapters.safetensors", tmp_path / "ref.adapters.safetensors")
     assert not state.exists()
-    from indistill_cli.checkpoint import load_checkpoint
+    from indistill_cli.io.checkpoint import load_checkpoint
 
     h = load_checkpoint(out).history[-1]
     assert h["seed"] == 2 and h["device"].startswith("cpu") and "torch" in h["env"]
@@ -300,7 +295,7 @@ def test_resume_with_other_options_is_refused_before_loading_data(tmp_path, cli,
         raise AssertionError("a mismatched resume must fail before the dataset is loaded")
 
     with monkeypatch.context() as m:
-        m.setattr("indistill_cli.session.load_dataset", no_data)
+        m.setattr("indistill_cli.stages.session.load_dataset", no_data)
         code, _, err = cli("train", "cnn3-w0.5", *TINY, "--seed", "9", "-o", str(out), "--resume", "--lr", "1e-2")
         assert_one_line_error(code, err, "written by a different run", "opts.seed")
     # a lower --lr is the documented rescue: accepted, and noted (weights wrecked by --lr 1e30 cannot be
@@ -318,7 +313,7 @@ def test_resume_with_other_options_is_refused_before_loading_data(tmp_path, cli,
     (("--skip-nonfinite", "-1"), "--skip-nonfinite must be >= 0"),
 ])
 def test_state_options_with_stdout(args, needle, cli, monkeypatch):
-    monkeypatch.setattr("indistill_cli.session.load_dataset", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr("indistill_cli.stages.session.load_dataset", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
     code, out, err = cli("train", "cnn3-w0.5", *TINY, "-o", "-", *args)
     assert_one_line_error(code, err, needle)
     assert out == b""
@@ -326,8 +321,8 @@ def test_state_options_with_stdout(args, needle, cli, monkeypatch):
 
 def test_state_dir_with_stdout_resumes(tmp_path, cli, monkeypatch):
     """With -o -, --state-dir holds the state; the state is written on a signal even with --save-every 0."""
-    from indistill_cli import resume
-    from indistill_cli.checkpoint import from_bytes
+    from indistill_cli.engine import resume
+    from indistill_cli.io.checkpoint import from_bytes
 
     code, ref, err = cli("train", "cnn3-w0.5", *TINY, "-o", "-", "-q")
     assert code == 0, err
@@ -365,7 +360,7 @@ def _sigint_at_call(n: int):
 
 
 def test_sigint_with_stdout_and_no_state_dir_says_nothing_was_saved(cli, monkeypatch):
-    from indistill_cli import resume
+    from indistill_cli.engine import resume
 
     monkeypatch.setattr(resume.RunState, "due", _sigint_at_call(2))
     code, out, err = cli("train", "cnn3-w0.5", *TINY, "-o", "-", "-q")
@@ -375,7 +370,7 @@ def test_sigint_with_stdout_and_no_state_dir_says_nothing_was_saved(cli, monkeyp
 
 
 def test_prune_finetune_interrupted_then_resumed_is_bitwise(work, tmp_path, cli, monkeypatch):
-    from indistill_cli import resume
+    from indistill_cli.engine import resume
 
     teacher = fresh_checkpoint(work / "teacher_cnn3_p.safetensors", "cnn3", seed=4)
     args = ("prune", str(teacher), "--like", "cnn3-w0.5", "--mode", "chained", "--finetune", "2", "--data",
@@ -433,8 +428,9 @@ class _Loader:
 
 
 def _engine(skip: int = 0):
-    from indistill_cli.engine import Engine, OptimConfig
-    from indistill_cli.runtime import Runtime
+    from indistill_cli.engine.loop import Engine
+    from indistill_cli.engine.schedule import OptimConfig
+    from indistill_cli.engine.runtime import Runtime
 
     rt = Runtime(torch.device("cpu"), "fp32", False)
     return Engine(rt, OptimConfig(lr=0.1, schedule="none"), 2, skip_nonfinite=skip, label="unit")
@@ -522,7 +518,7 @@ def test_engine_resume_after_divergence_continues_from_the_last_good_state(tmp_p
     gives exactly the weights of a run in which that batch was fine."""
     from types import SimpleNamespace
 
-    from indistill_cli.resume import RunState
+    from indistill_cli.engine.resume import RunState
 
     def state(resume: bool) -> RunState:
         opts = SimpleNamespace(resume=resume, save_every=0, state_dir=None)

@@ -18,13 +18,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from indistill_cli.checkpoint import load_checkpoint
-from indistill_cli.common import write_model
-from indistill_cli.models import make_spec, model_from_checkpoint
+from indistill_cli.io.checkpoint import load_checkpoint
+from indistill_cli.io.history import write_model
+from indistill_cli.models import make_spec
+from indistill_cli.pruning.rebuild import model_from_checkpoint
 
-from stage_helpers import (  # noqa: F401 - _one_thread is an autouse fixture
-    DATA, _bad, _ok, _one_thread, _shared_file, build_cnn3_teacher,
+from stage_helpers import (  # noqa: F401 - fixtures
+    DATA, _bad, _ok, _shared_file, build_cnn3_teacher,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

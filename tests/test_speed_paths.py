@@ -20,7 +20,7 @@ from conftest import cli_env
 
 from indistill_cli import data as D
 from indistill_cli.errors import BadInput
-from indistill_cli.runtime import Runtime, maybe_compile, peak_memory_mb, sync_batchnorm
+from indistill_cli.engine.runtime import Runtime, maybe_compile, peak_memory_mb, sync_batchnorm
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
@@ -158,7 +158,7 @@ def test_sync_bn_and_compile_switches():
 def test_peak_memory_is_this_process_not_its_parent():
     """A child started from a big process must not report the parent's peak (ru_maxrss survives exec)."""
     hog = torch.ones(300 * 2**20 // 4)  # this process: +300 MB
-    code = "import torch; from indistill_cli.runtime import peak_memory_mb; print(peak_memory_mb(torch.device('cpu')))"
+    code = "import torch; from indistill_cli.engine.runtime import peak_memory_mb; print(peak_memory_mb(torch.device('cpu')))"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), cwd=ROOT,
                        check=True)
     assert float(p.stdout) < peak_memory_mb(torch.device("cpu")) - 200

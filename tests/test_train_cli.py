@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import assert_one_line_error, cli_env
 
-from indistill_cli.checkpoint import load_checkpoint
-from indistill_cli.models import model_from_checkpoint
+from indistill_cli.io.checkpoint import load_checkpoint
+from indistill_cli.pruning.rebuild import model_from_checkpoint
 
 # a short run through the whole training path (shuffle, crop + flip, validation, selection, write)
 SMALL = ("cnn3-w0.5", "--data", "synthetic:1x28x28:10:480", "--batch-size", "48", "--epochs", "2", "--no-last")
@@ -225,7 +225,7 @@ def test_bad_option_is_one_line_before_any_work(case, cli, tmp_path, monkeypatch
     def no_data(*a, **k):
         raise AssertionError("options must be checked before the dataset is loaded")
 
-    monkeypatch.setattr("indistill_cli.session.load_dataset", no_data)
+    monkeypatch.setattr("indistill_cli.stages.session.load_dataset", no_data)
     out = tmp_path / "m.safetensors"
     code, stdout, err = cli("train", "cnn3-w0.5", "--data", "fashion-mnist-mini", "-o", str(out), *args)
     assert_one_line_error(code, err, needle)

@@ -21,16 +21,20 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import torch
 
-from indistill_cli.checkpoint import load_checkpoint
-from indistill_cli.common import write_model
-from indistill_cli.curriculum import epochs_per_tap, phases, tap_of_epoch
+from indistill_cli.io.checkpoint import load_checkpoint
+from indistill_cli.io.history import write_model
+from indistill_cli.stages.curriculum import epochs_per_tap, phases, tap_of_epoch
 from indistill_cli.errors import BadInput
-from indistill_cli.flow import FlowPair, mse, pairs_from_teacher
-from indistill_cli.models import make_spec, model_from_checkpoint
+from indistill_cli.metrics.flow import mse
+from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
+from indistill_cli.models import make_spec
+from indistill_cli.pruning.rebuild import model_from_checkpoint
 
-from stage_helpers import (  # noqa: F401 - _one_thread is an autouse fixture
-    DATA, _bad, _ok, _one_thread, _shared_file, build_cnn3_teacher, build_quick_teacher, _prune, info, teacher,
+from stage_helpers import (  # noqa: F401 - fixtures
+    DATA, _bad, _ok, _shared_file, build_cnn3_teacher, build_quick_teacher, _prune, info, teacher,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VAL = ("--val-fraction", "0.05")  # 500 validation images (the flow images), 9500 to train on
 # one epoch per tap at lr 1e-2: the reference lr (1e-3) needs many more steps than one epoch of the mini set
@@ -112,7 +116,8 @@ def test_curriculum_errors(n, a, b, explicit, needle):
 
 def test_step_of_tap_l_reaches_only_layers_up_to_l(pruned, info):
     """The warmup step as warmup.py builds it: only blocks up to tap l get a gradient, the teacher none."""
-    from indistill_cli.session import RunOptions, open_session
+    from indistill_cli.stages.options import RunOptions
+    from indistill_cli.stages.session import open_session
 
     ck = load_checkpoint(pruned)
     teacher = model_from_checkpoint(ck).eval()  # requires_grad left on: the flow itself must keep grads out

@@ -1,57 +1,12 @@
-"""Registry of distillation losses, looked up by the name used on the CLI.
+"""Distillation losses: one method per file over a tiny base (`base.DistillLoss`, `base.KDBatch`).
 
-Each method module decorates its class with :func:`register`; importing this
-package imports them all so :func:`names` is complete.
+Importing the package registers every method, so `get(name)` and `names()` see them all. A new method
+is one new file with a `@register("name")` class and its import below.
 """
 
-from __future__ import annotations
+from indistill_cli.losses.base import DistillLoss, Feats, KDBatch  # noqa: F401
+from indistill_cli.losses.registry import get, names, register  # noqa: F401
 
-import difflib
-from collections.abc import Callable
+from indistill_cli.losses import at, crd, dkd, fitnet, kd, pkt, rkd, sp  # noqa: E402,F401,I001
 
-from .base import USES, DistillLoss, Feats
-
-_REGISTRY: dict[str, type[DistillLoss]] = {}
-
-
-def register(name: str) -> Callable[[type[DistillLoss]], type[DistillLoss]]:
-    """Class decorator: make ``cls`` available as ``get(name)`` and set ``cls.name``."""
-
-    def deco(cls: type[DistillLoss]) -> type[DistillLoss]:
-        if not (isinstance(cls, type) and issubclass(cls, DistillLoss)):
-            raise TypeError(f"{cls!r} is not a DistillLoss subclass")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"loss name {name!r} already registered by {_REGISTRY[name]!r}")
-        for attr in ("uses", "default_weight", "ce_weight", "hparams"):
-            if not hasattr(cls, attr):
-                raise TypeError(f"{cls.__name__} must define class attribute {attr!r}")
-        if cls.uses not in USES:
-            raise ValueError(f"{cls.__name__}.uses must be one of {USES}, got {cls.uses!r}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def get(name: str) -> type[DistillLoss]:
-    """The loss class registered as ``name``; unknown names raise KeyError with a hint."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(
-            f"unknown distillation loss {name!r}{hint} (available: {', '.join(names())})"
-        ) from None
-
-
-def names() -> list[str]:
-    """All registered loss names, sorted."""
-    return sorted(_REGISTRY)
-
-
-# Import the method modules last so their @register calls see the registry.
-from . import at, crd, dkd, fitnet, kd, pkt, rkd, sp  # noqa: E402,F401
-
-__all__ = ["DistillLoss", "Feats", "get", "names", "register"]
+__all__ = ["DistillLoss", "Feats", "KDBatch", "get", "names", "register"]

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import register
-from .base import DistillLoss, Feats, match_spatial, teacher_view
+from indistill_cli.losses.base import DistillLoss, KDBatch, match_spatial, teacher_view
+from indistill_cli.losses.registry import register
 
 
 def attention_map(f: torch.Tensor, p: float) -> torch.Tensor:
@@ -35,17 +35,10 @@ class AT(DistillLoss):
     ce_weight = 1.0
     hparams = {"p": 2.0}
 
-    def forward(
-        self,
-        s: Feats,
-        t: Feats,
-        labels: torch.Tensor,
-        index: torch.Tensor | None,
-        epoch: int,
-    ) -> torch.Tensor:
+    def forward(self, b: KDBatch) -> torch.Tensor:
         p = float(self.hp["p"])
-        total = s.logits.new_zeros(())
-        for f_s, f_t in zip(s.feats, t.feats, strict=True):
+        total = b.student.logits.new_zeros(())
+        for f_s, f_t in zip(b.student.feats, b.teacher.feats, strict=True):
             if f_s.dim() != 4 or f_t.dim() != 4:
                 raise ValueError("at needs 4-D (N, C, H, W) taps")
             f_s, f_t = match_spatial(f_s, teacher_view(f_t))

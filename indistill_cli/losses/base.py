@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from indistill_cli.taps import match_spatial  # noqa: F401 - re-exported for the methods
+from indistill_cli.models.taps import match_spatial  # noqa: F401 - re-exported for the methods
 
 USES = ("logits", "embedding", "taps")
 
@@ -31,8 +31,20 @@ class Feats:
     feats: list[torch.Tensor]
 
 
+@dataclass
+class KDBatch:
+    """What every KD method sees for one batch."""
+
+    student: Feats  # student logits + the features of its paired taps (or embedding)
+    teacher: Feats  # the teacher's
+    labels: torch.Tensor
+    index: torch.Tensor | None  # sample indices into the training split (CRD's memory bank)
+    epoch: int
+
+
 class DistillLoss(nn.Module):
-    """One KD term. Subclasses set the class attributes and implement forward."""
+    """One KD term. Subclasses set the class attributes, implement `forward(b: KDBatch)`, and build any
+    trainable parts (regressors, embedders, memory banks) in `setup()`, which runs at the end of __init__."""
 
     name: ClassVar[str]
     uses: ClassVar[str]  # "logits" | "embedding" | "taps"
@@ -67,15 +79,12 @@ class DistillLoss(nn.Module):
         self.hp: dict[str, float | int] = {
             k: _coerce(self.name, k, v, hp.get(k, v)) for k, v in self.hparams.items()
         }
+        self.setup()
 
-    def forward(  # pragma: no cover - abstract
-        self,
-        s: Feats,
-        t: Feats,
-        labels: torch.Tensor,
-        index: torch.Tensor | None,
-        epoch: int,
-    ) -> torch.Tensor:
+    def setup(self) -> None:
+        """Build the method's own modules and buffers (none by default); shapes and hp are set."""
+
+    def forward(self, b: KDBatch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def extra_state_tensors(self) -> dict[str, torch.Tensor]:

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register
-from .base import DistillLoss, Feats, flat_dim, teacher_view
+from indistill_cli.losses.base import DistillLoss, KDBatch, flat_dim, teacher_view
+from indistill_cli.losses.registry import register
 
 _EPS = 1e-7  # as RepDistiller's ContrastLoss
 
@@ -102,27 +102,19 @@ class CRD(DistillLoss):
     memory_t: torch.Tensor
     z: torch.Tensor
 
-    def __init__(
-        self,
-        s_shapes: list[tuple[int, ...]],
-        t_shapes: list[tuple[int, ...]],
-        num_classes: int,
-        num_data: int,
-        **hp: float | int,
-    ) -> None:
-        super().__init__(s_shapes, t_shapes, num_classes, num_data, **hp)
+    def setup(self) -> None:
         if len(self.s_shapes) != 1:
             raise ValueError("crd expects exactly one embedding per network")
-        if num_data < 2:
+        if self.num_data < 2:
             raise ValueError("crd needs a training set of at least 2 samples")
         dim = int(self.hp["feat_dim"])
         self.embed_s = Embed(flat_dim(self.s_shapes[0]), dim)
         self.embed_t = Embed(flat_dim(self.t_shapes[0]), dim)
-        self.nce_k = min(int(self.hp["nce_k"]), num_data - 1)
+        self.nce_k = min(int(self.hp["nce_k"]), self.num_data - 1)
         self._gen = torch.Generator().manual_seed(int(self.hp["seed"]))
         stdv = 1.0 / math.sqrt(dim / 3)
         for name in ("memory_s", "memory_t"):
-            bank = torch.rand(num_data, dim, generator=self._gen) * (2 * stdv) - stdv
+            bank = torch.rand(self.num_data, dim, generator=self._gen) * (2 * stdv) - stdv
             self.register_buffer(name, bank)
         self.register_buffer("z", torch.full((2,), -1.0))  # Z for (student, teacher) scores
 
@@ -148,19 +140,12 @@ class CRD(DistillLoss):
         w = bank[cand].to(v.dtype)  # a copy: later in-place bank updates leave the graph alone
         return torch.exp(torch.bmm(w, v[:, :, None]).squeeze(2) / float(self.hp["nce_t"]))
 
-    def forward(
-        self,
-        s: Feats,
-        t: Feats,
-        labels: torch.Tensor,
-        index: torch.Tensor | None,
-        epoch: int,
-    ) -> torch.Tensor:
-        if index is None:
+    def forward(self, b: KDBatch) -> torch.Tensor:
+        if b.index is None:
             raise ValueError("crd needs the dataset indices of the batch (index=None given)")
-        idx = index.reshape(-1).to(device=self.memory_s.device, dtype=torch.long)
-        v_s = self.embed_s(s.feats[0])
-        v_t = self.embed_t(teacher_view(t.feats[0]))
+        idx = b.index.reshape(-1).to(device=self.memory_s.device, dtype=torch.long)
+        v_s = self.embed_s(b.student.feats[0])
+        v_t = self.embed_t(teacher_view(b.teacher.feats[0]))
         cand = torch.cat([idx[:, None], self.sample_negatives(idx)], dim=1)
         out_s = self._scores(self.memory_t, cand, v_s)  # student anchor, teacher bank
         out_t = self._scores(self.memory_s, cand, v_t)  # teacher anchor, student bank

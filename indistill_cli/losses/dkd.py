@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import register
-from .base import DistillLoss, Feats, teacher_view
+from indistill_cli.losses.base import DistillLoss, KDBatch, teacher_view
+from indistill_cli.losses.registry import register
 
 
 def _split_logs(logits: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,20 +77,13 @@ class DKD(DistillLoss):
         warmup = int(self.hp["warmup"])
         return 1.0 if warmup <= 0 else min((epoch + 1) / warmup, 1.0)
 
-    def forward(
-        self,
-        s: Feats,
-        t: Feats,
-        labels: torch.Tensor,
-        index: torch.Tensor | None,
-        epoch: int,
-    ) -> torch.Tensor:
+    def forward(self, b: KDBatch) -> torch.Tensor:
         loss = dkd_loss(
-            s.logits,
-            teacher_view(t.logits),
-            labels,
+            b.student.logits,
+            teacher_view(b.teacher.logits),
+            b.labels,
             float(self.hp["alpha"]),
             float(self.hp["beta"]),
             float(self.hp["temperature"]),
         )
-        return self.warmup_factor(epoch) * loss
+        return self.warmup_factor(b.epoch) * loss

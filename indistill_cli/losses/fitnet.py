@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register
-from .base import DistillLoss, Feats, match_spatial, teacher_view
+from indistill_cli.losses.base import DistillLoss, KDBatch, match_spatial, teacher_view
+from indistill_cli.losses.registry import register
 
 
 def _as_map(x: torch.Tensor) -> torch.Tensor:
@@ -41,15 +41,7 @@ class FitNet(DistillLoss):
     ce_weight = 1.0
     hparams: dict[str, float | int] = {}
 
-    def __init__(
-        self,
-        s_shapes: list[tuple[int, ...]],
-        t_shapes: list[tuple[int, ...]],
-        num_classes: int,
-        num_data: int,
-        **hp: float | int,
-    ) -> None:
-        super().__init__(s_shapes, t_shapes, num_classes, num_data, **hp)
+    def setup(self) -> None:
         if not self.s_shapes:
             raise ValueError("fitnet needs at least one tap pair")
         self.regressors = nn.ModuleList(
@@ -60,16 +52,9 @@ class FitNet(DistillLoss):
             for s, t in zip(self.s_shapes, self.t_shapes)
         )
 
-    def forward(
-        self,
-        s: Feats,
-        t: Feats,
-        labels: torch.Tensor,
-        index: torch.Tensor | None,
-        epoch: int,
-    ) -> torch.Tensor:
-        total = s.logits.new_zeros(())
-        for reg, f_s, f_t in zip(self.regressors, s.feats, t.feats, strict=True):
+    def forward(self, b: KDBatch) -> torch.Tensor:
+        total = b.student.logits.new_zeros(())
+        for reg, f_s, f_t in zip(self.regressors, b.student.feats, b.teacher.feats, strict=True):
             f_s, f_t = match_spatial(_as_map(f_s), _as_map(teacher_view(f_t)))
             total = total + F.mse_loss(reg(f_s), f_t)
         return total

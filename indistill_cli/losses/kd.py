@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import register
-from .base import DistillLoss, Feats, teacher_view
+from indistill_cli.losses.base import DistillLoss, KDBatch, teacher_view
+from indistill_cli.losses.registry import register
 
 
 def kd_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -36,12 +36,5 @@ class KD(DistillLoss):
     ce_weight = 0.1
     hparams = {"temperature": 4.0}
 
-    def forward(
-        self,
-        s: Feats,
-        t: Feats,
-        labels: torch.Tensor,
-        index: torch.Tensor | None,
-        epoch: int,
-    ) -> torch.Tensor:
-        return kd_kl(s.logits, teacher_view(t.logits), float(self.hp["temperature"]))
+    def forward(self, b: KDBatch) -> torch.Tensor:
+        return kd_kl(b.student.logits, teacher_view(b.teacher.logits), float(self.hp["temperature"]))

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import torch
 
-from . import register
-from .base import DistillLoss, Feats, teacher_view
+from indistill_cli.losses.base import DistillLoss, KDBatch, teacher_view
+from indistill_cli.losses.registry import register
 
 LOG_CLAMP = 1e-12
 
@@ -84,15 +84,8 @@ class _PKTBase(DistillLoss):
     def kernel_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(
-        self,
-        s: Feats,
-        t: Feats,
-        labels: torch.Tensor,
-        index: torch.Tensor | None,
-        epoch: int,
-    ) -> torch.Tensor:
-        return self.kernel_loss(s.feats[0], teacher_view(t.feats[0]))
+    def forward(self, b: KDBatch) -> torch.Tensor:
+        return self.kernel_loss(b.student.feats[0], teacher_view(b.teacher.feats[0]))
 
 
 @register("pkt")

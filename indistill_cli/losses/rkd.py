@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import register
-from .base import DistillLoss, Feats, teacher_view
+from indistill_cli.losses.base import DistillLoss, KDBatch, teacher_view
+from indistill_cli.losses.registry import register
 
 _EPS = 1e-12
 
@@ -51,16 +51,9 @@ class RKD(DistillLoss):
     ce_weight = 1.0
     hparams = {"distance_weight": 25.0, "angle_weight": 50.0}
 
-    def forward(
-        self,
-        s: Feats,
-        t: Feats,
-        labels: torch.Tensor,
-        index: torch.Tensor | None,
-        epoch: int,
-    ) -> torch.Tensor:
-        e_s = s.feats[0].flatten(1)
-        e_t = teacher_view(t.feats[0]).flatten(1)
+    def forward(self, b: KDBatch) -> torch.Tensor:
+        e_s = b.student.feats[0].flatten(1)
+        e_t = teacher_view(b.teacher.feats[0]).flatten(1)
         if e_s.shape[0] < 2:  # no pairs: nothing relational to transfer
             return e_s.sum() * 0.0
         loss_d = F.smooth_l1_loss(normalised_distances(e_s), normalised_distances(e_t))

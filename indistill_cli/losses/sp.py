@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import register
-from .base import DistillLoss, Feats, teacher_view
+from indistill_cli.losses.base import DistillLoss, KDBatch, teacher_view
+from indistill_cli.losses.registry import register
 
 
 def similarity(f: torch.Tensor) -> torch.Tensor:
@@ -33,16 +33,9 @@ class SP(DistillLoss):
     ce_weight = 1.0
     hparams: dict[str, float | int] = {}
 
-    def forward(
-        self,
-        s: Feats,
-        t: Feats,
-        labels: torch.Tensor,
-        index: torch.Tensor | None,
-        epoch: int,
-    ) -> torch.Tensor:
-        total = s.logits.new_zeros(())
-        for f_s, f_t in zip(s.feats, t.feats, strict=True):
+    def forward(self, b: KDBatch) -> torch.Tensor:
+        total = b.student.logits.new_zeros(())
+        for f_s, f_t in zip(b.student.feats, b.teacher.feats, strict=True):
             n = f_s.shape[0]
             diff = similarity(f_s) - similarity(teacher_view(f_t))
             total = total + diff.pow(2).sum() / (n * n)

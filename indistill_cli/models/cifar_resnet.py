@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch.nn as nn
 from torch import Tensor
 
+from indistill_cli.models.blocks import add_stages, kaiming_convs
 from indistill_cli.models.registry import register, scaled
 
 
@@ -41,18 +42,12 @@ class CifarResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
-        cin = widths[0]
-        for i, w in enumerate(widths[1:]):
-            blocks = [BasicBlock(cin if j == 0 else w, w, (1 if i == 0 else 2) if j == 0 else 1) for j in range(n)]
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            cin = w
+        cin = add_stages(self, BasicBlock, widths, n, "layer")
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(cin, num_classes)
         self.tap_names = [f"layer{i + 1}" for i in range(len(widths) - 1)]
         self.embedding_name = "pool"
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        kaiming_convs(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

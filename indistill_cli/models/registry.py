@@ -43,13 +43,8 @@ def scaled(widths: list[int], width: float) -> list[int]:
     return [max(1, int(round(w * width))) for w in widths]
 
 
-def _load_families() -> None:
-    from indistill_cli.models import cifar_resnet, cnn, preact_resnet, vgg, wrn  # noqa: F401
-
-
 def parse_name(name: str) -> tuple[str, float]:
     """'resnet20-w0.5' -> ('resnet20', 0.5); external names keep their text and width 1."""
-    _load_families()
     if name.startswith(EXTERNAL_PREFIXES):
         if len(name.split(":", 1)[1]) == 0:
             raise BadInput(f"model '{name}': give a model name after the prefix, e.g. timm:resnet18")
@@ -86,7 +81,10 @@ def _build_external(arch: str, in_channels: int, num_classes: int, pretrained: b
 
 
 def build_model(spec: dict[str, Any], pretrained: bool = False) -> Any:
-    """A fresh module for a spec, with `tap_names` and `embedding_name` attributes set."""
+    """A fresh module of the spec's architecture, with `tap_names` and `embedding_name` attributes set.
+
+    A spec's `structural_prune` plan (a chained pruned teacher) is not applied here: plans belong to
+    `pruning`, whose `rebuild.build` replays it on this module."""
     arch = spec["arch"]
     size = int(spec["input_size"][0])
     if arch.startswith(EXTERNAL_PREFIXES):
@@ -97,10 +95,6 @@ def build_model(spec: dict[str, Any], pretrained: bool = False) -> Any:
     if spec.get("taps"):
         model.tap_names = [t["name"] for t in spec["taps"]]
         model.embedding_name = spec["embedding"]["name"]
-    if spec.get("structural_prune"):
-        from indistill_cli.prune import apply_structural_plan
-
-        apply_structural_plan(model, spec)
     return model
 
 
@@ -150,7 +144,7 @@ def probe_taps(model: Any, in_channels: int, input_size: tuple[int, int]) -> tup
     """Run one dummy forward and record each tap's channels and stride, and the embedding size."""
     import torch
 
-    from indistill_cli.taps import TapSet, as_vector
+    from indistill_cli.models.taps import TapSet, as_vector
 
     names = list(model.tap_names) + [model.embedding_name]
     was_training = model.training
@@ -193,8 +187,13 @@ def load_state(model: Any, state: dict[str, Any], where: str) -> None:
     model.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=True)
 
 
-def _check_spec_values(spec: dict[str, Any], where: str) -> None:
-    """Plausible sizes before building: a forged spec must not make us allocate a giant model."""
+def check_spec(spec: dict[str, Any], where: str) -> None:
+    """A spec with the keys a model needs, and plausible sizes before building: a forged spec must not make
+    us allocate a giant model."""
+    for key in ("arch", "in_channels", "num_classes", "input_size", "taps", "embedding"):
+        if key not in spec:
+            raise BadInput(f"{where}: model spec lacks '{key}'")
+
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
@@ -213,23 +212,5 @@ def _check_spec_values(spec: dict[str, Any], where: str) -> None:
         raise BadInput(f"{where}: model spec 'width' must be a number in (0, 16], got {width!r}")
 
 
-def model_from_checkpoint(ckpt: Any) -> Any:
-    """Rebuild the module a checkpoint describes and load its weights (validated)."""
-    spec = ckpt.spec
-    for key in ("arch", "in_channels", "num_classes", "input_size", "taps", "embedding"):
-        if key not in spec:
-            raise BadInput(f"{ckpt.source}: model spec lacks '{key}'")
-    _check_spec_values(spec, ckpt.source)
-    try:
-        model = build_model(spec)
-    except BadInput as e:
-        raise BadInput(f"{ckpt.source}: {e}") from None
-    except Exception as e:  # noqa: BLE001
-        raise BadInput(f"{ckpt.source}: cannot build the model its spec describes ({e})") from None
-    load_state(model, ckpt.state, ckpt.source)
-    return model
-
-
 def list_models() -> list[Entry]:
-    _load_families()
     return sorted(REGISTRY.values(), key=lambda e: (e.family, e.name))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch.nn as nn
 from torch import Tensor
 
+from indistill_cli.models.blocks import add_stages, kaiming_convs
 from indistill_cli.models.registry import register, scaled
 
 
@@ -36,20 +37,14 @@ class WideResNet(nn.Module):
             raise ValueError("WRN depth must be 6n+4")
         n = (depth - 4) // 6
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        cin = widths[0]
-        for g, w in enumerate(widths[1:]):
-            blocks = [WideBlock(cin if j == 0 else w, w, (1 if g == 0 else 2) if j == 0 else 1) for j in range(n)]
-            self.add_module(f"block{g + 1}", nn.Sequential(*blocks))
-            cin = w
+        cin = add_stages(self, WideBlock, widths, n, "block")
         self.bn = nn.BatchNorm2d(cin)
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(cin, num_classes)
         self.tap_names = ["block1", "block2", "relu"]
         self.embedding_name = "pool"
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        kaiming_convs(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))

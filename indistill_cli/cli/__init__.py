@@ -1,0 +1,11 @@
+"""The `indistill` command line: the Typer app (`app`), shared option groups declared once (`options`),
+and one short module per command that only parses its options and calls its stage."""
+
+from indistill_cli.cli.app import app
+
+# registered in this order, which `indistill --help` lists
+from indistill_cli.cli import train, prune, evaluate, inspect, warmup, distill, retrieve, pipeline  # noqa: E402,F401,I001
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,65 @@
+"""The Typer application and the one way a command runs its stage: errors become one line and an exit
+code, results JSON on stdout (rank 0 only under torchrun).
+
+torch is imported only inside commands, so `--help` answers fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    name="indistill", no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
+    help="InDistill: information flow-preserving knowledge distillation.\n\n"
+         "Typical chain: `train` a teacher, `prune` it to the student's widths, `warmup` the student "
+         "layer by layer, `distill`, then `evaluate` / `retrieve`. Checkpoints are safetensors; `-` "
+         "streams one through stdin/stdout.\n\n"
+         "Example:\n\n"
+         "    indistill train cnn3 --data fashion-mnist-mini --epochs 2 -o cnn3.safetensors\n\n"
+         "    indistill evaluate cnn3.safetensors --data fashion-mnist-mini",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def run(fn: Callable[[], Any], as_json: bool, quiet: bool = False, output: str | None = None) -> None:
+    """Call a command body; errors become one line + exit code, results JSON on stdout."""
+    from indistill_cli import progress
+
+    if as_json and output == "-":
+        progress.console.print("[red]error:[/red] --json and -o - both write to stdout; write the checkpoint "
+                               "to a file, or drop --json")
+        raise typer.Exit(2)
+    import signal
+
+    from indistill_cli.errors import IndistillError, Interrupted
+
+    def terminated(_signum: int, _frame: Any) -> None:  # outside training: stop now, exit 143 (128 + 15)
+        raise Interrupted("terminated (SIGTERM); no output was written", 143)
+
+    progress.set_quiet(quiet)
+    try:
+        old_term = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread
+        old_term = None
+    try:
+        result = fn()
+    except Interrupted as e:  # SIGINT/SIGTERM: one line saying how to resume (training saves its state first)
+        progress.console.print(str(e), style="yellow", soft_wrap=True, markup=False)
+        raise typer.Exit(e.exit_code) from None
+    except IndistillError as e:
+        progress.console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        progress.console.print("[red]interrupted[/red]")
+        raise typer.Exit(130) from None
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    if as_json and result is not None and progress.main_process():  # under torchrun only rank 0 prints the result
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+        sys.stdout.flush()

@@ -1,0 +1,28 @@
+"""The validation split: carved from train once, the same way for tensor and folder datasets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from indistill_cli.errors import BadInput
+
+
+def carve_val(train: Any, fraction: float) -> tuple[Any, Any | None]:
+    """(train without val, val): a fixed share per class (data seed 0), so every run selects on the same
+    images. `train` is any split with `labels`, `len` and `subset(idx, name)` (tensor or folder)."""
+    if fraction <= 0:
+        return train, None
+    if fraction >= 1:
+        raise BadInput("--val-fraction must be in [0, 1)")
+    g = torch.Generator().manual_seed(0)
+    val_idx = []
+    for c in torch.unique(train.labels):
+        idx = torch.nonzero(train.labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        val_idx.append(idx[: max(1, int(round(len(idx) * fraction)))])
+    val = torch.sort(torch.cat(val_idx)).values
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[val] = False
+    return train.subset(torch.nonzero(keep).flatten(), "train"), train.subset(val, "val")

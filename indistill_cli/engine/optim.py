@@ -1,0 +1,51 @@
+"""The optimiser a run trains with, and its per-parameter state carried between stages by name."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from indistill_cli.engine.schedule import OptimConfig
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def param_names(keep: nn.Module, params: list[nn.Parameter]) -> list[str | None]:
+    """Each trained parameter's name in `keep` (the model whose state a run returns); None for the
+    parameters outside it (KD adapters), which carry no optimiser state between stages."""
+    by_id = {id(p): n for n, p in keep.named_parameters()}
+    return [by_id.get(id(p)) for p in params]
+
+
+def named_optimizer_state(opt: torch.optim.Optimizer, names: list[str | None]) -> dict[str, dict[str, torch.Tensor]]:
+    """The optimiser's per-parameter state (Adam moments and step, SGD momentum) keyed by parameter name."""
+    state = opt.state_dict()["state"]
+    return {n: {k: v.detach().cpu().clone() for k, v in state[i].items() if torch.is_tensor(v)}
+            for i, n in enumerate(names) if n is not None and i in state}
+
+
+def load_named_optimizer_state(opt: torch.optim.Optimizer, names: list[str | None],
+                               named: dict[str, dict[str, torch.Tensor]]) -> int:
+    """Give the optimiser the per-parameter state of an earlier stage, by name; returns how many matched."""
+    sd = opt.state_dict()
+    hits = 0
+    for i, n in enumerate(names):
+        if n is not None and n in named:
+            sd["state"][i] = {k: v.clone() for k, v in named[n].items()}
+            hits += 1
+    opt.load_state_dict(sd)
+    return hits
+
+
+def grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
+    """Total gradient 2-norm as a device tensor (no host sync); non-finite if any gradient is."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.nn.utils.get_total_norm(grads)

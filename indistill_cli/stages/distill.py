@@ -1,0 +1,281 @@
+"""`indistill distill`: stage-2 knowledge distillation with one or several KD methods plus CE.
+
+The objective is `distiller.Distiller`; this module is the stage around it: options, the teacher and
+student, the warmup's lr plan when continued, the flow curves (--flow-teacher), fitting and writing.
+Adapters a method trains (regressors, embedders, CRD memory) are optimised with the student and saved
+in a sidecar file, never in the student checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from indistill_cli import losses, progress
+from indistill_cli.engine.loop import Engine, FitResult
+from indistill_cli.engine.runtime import broadcast_state, ddp, maybe_compile, sync_batchnorm
+from indistill_cli.engine.schedule import SELECT_KEYS, SELECT_PHRASES, OptimConfig, check_epochs, resolve_select
+from indistill_cli.errors import BadInput
+from indistill_cli.io.checkpoint import load_checkpoint
+from indistill_cli.io.history import history_entry, write_model
+from indistill_cli.io.paths import sibling
+from indistill_cli.metrics.flow import flow_mse
+from indistill_cli.models import spec_name
+from indistill_cli.pruning.rebuild import model_from_checkpoint
+from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
+from indistill_cli.stages.base import Stage
+from indistill_cli.stages.ce import val_metrics
+from indistill_cli.stages.distiller import (Distiller, KeepFlow, MethodSpec, feature_shapes, method_pairs,
+                                            parse_methods, save_adapters)
+from indistill_cli.stages.options import RunOptions
+from indistill_cli.stages.resolve import Resolved, frozen, resolve_model
+from indistill_cli.stages.session import Session
+
+SUMMARY_METRICS = ("best_epoch", "val_top1", "val_map", "images_per_sec", "peak_memory_mb")
+
+
+class Distill(Stage):
+    """KD from `teacher_arg` into `student_arg`.
+
+    `continue_plan`: take up the optimiser state and lr plan a `warmup --plan-epochs` left in its plan
+    sidecar (`plan`, default beside the student), so warmup + KD are one run of one optimiser.
+    `keep_flow` > 0 (ours): keep the warmup's per-tap MSE to `flow_teacher` in the loss, decaying."""
+
+    name = "distill"
+
+    def __init__(self, teacher_arg: str, student_arg: str, out: str, methods: list[str], params: list[str],
+                 ce: float | None, tap_pairs: list[str], embedding_pair: str | None, epochs: int | None,
+                 optim: OptimConfig, opts: RunOptions, adapters: str | None = None, force: bool = False,
+                 flow_teacher: str | None = None, flow_images: int = 1000, select: str = "auto",
+                 continue_plan: bool = False, plan: str | None = None, keep_flow: float = 0.0,
+                 keep_flow_decay: float = 1.0) -> None:
+        super().__init__(out, opts, force)
+        self.teacher_arg, self.student_arg, self.methods, self.params = teacher_arg, student_arg, methods, params
+        self.ce, self.tap_pairs, self.embedding_pair, self.epochs = ce, tap_pairs, embedding_pair, epochs
+        self.optim, self.adapters, self.flow_teacher, self.flow_images = optim, adapters, flow_teacher, flow_images
+        self.select, self.continue_plan, self.plan = select, continue_plan, plan
+        self.keep_flow, self.keep_flow_decay = keep_flow, keep_flow_decay
+
+    def check(self) -> None:
+        if self.epochs is not None:
+            check_epochs(self.epochs)
+        self.optim.validate()  # a bad option must fail before any loading or output
+        if self.ce is not None and not self.ce >= 0:
+            raise BadInput(f"--ce must be >= 0, got {self.ce}")
+        if not (self.keep_flow >= 0 and 0 < self.keep_flow_decay <= 1):
+            raise BadInput(f"--keep-flow must be >= 0 and --keep-flow-decay in (0, 1], got {self.keep_flow} and "
+                           f"{self.keep_flow_decay}")
+        if self.keep_flow and not self.flow_teacher:
+            raise BadInput("--keep-flow needs --flow-teacher PRUNED (the pruned teacher whose targets the warmup used)")
+        if self.plan and not self.continue_plan:
+            raise BadInput("--plan is the sidecar --continue-plan reads; add --continue-plan")
+        if self.continue_plan and self.student_arg == "-" and not self.plan:
+            raise BadInput("--continue-plan with --student -: give the warmup's sidecar with --plan PATH")
+        if self.adapters and self.adapters != "-" and Path(self.adapters).exists() and not self.force:
+            raise BadInput(f"--adapters {self.adapters}: exists; pass --force to overwrite it")
+        self.specs = parse_methods(self.methods, self.params)
+
+    def key(self) -> dict[str, Any]:
+        return {"stage": "distill", "teacher": self.teacher_arg, "student": self.student_arg,
+                "methods": self.methods, "params": self.params, "ce": self.ce, "taps": self.tap_pairs,
+                "embedding_tap": self.embedding_pair, "epochs": self.epochs, "flow_teacher": self.flow_teacher,
+                "flow_images": self.flow_images, "optim": self.optim.as_dict(), "opts": self.opts.as_dict(),
+                "select": self.select, "continue_plan": self.continue_plan, "keep_flow": self.keep_flow,
+                "keep_flow_decay": self.keep_flow_decay}
+
+    def execute(self, s: Session) -> dict[str, Any]:
+        rt = s.rt
+        t = self.teacher_r = resolve_model(self.teacher_arg, s.ds.info, "teacher", trained=True, role=None)
+        if t.ckpt is not None and t.ckpt.role not in ("model", "pruned-teacher"):
+            raise BadInput(f"{t.ckpt.source}: a {t.ckpt.role} checkpoint cannot be a teacher")
+        st = self.student_r = resolve_model(self.student_arg, s.ds.info, "student", seed=self.opts.seed)
+        self.opt_state, self.optim, self.epochs = self.plan_for(st)
+        self.bind_state(s, parents=[t.parent().get("sha256") or t.name, st.parent().get("sha256") or st.name])
+        teacher = frozen(t.model, rt.device, rt.channels_last)
+        student = self.student = sync_batchnorm(st.model.to(rt.device), rt, self.opts.sync_bn)
+        if rt.channels_last:
+            student = self.student = student.to(memory_format=torch.channels_last)
+        specs = self.specs
+        ce = self.ce if self.ce is not None else min(losses.get(m.name).ce_weight for m in specs)
+        if ce < 0:
+            raise BadInput("--ce must be >= 0")
+        self.ce_w = ce
+        self.pairs, loss_mods = build_methods(specs, t, st, teacher, student, self.tap_pairs, self.embedding_pair, s)
+        val_loader = s.eval_loader("val", st.spec) if s.val_split else None
+        trains_head = ce > 0 or any(losses.get(m.name).uses == "logits" for m in specs)
+        trains_emb = trains_head or any(losses.get(m.name).uses == "embedding" for m in specs)
+        self.chosen = resolve_select(self.select, trains_head, trains_emb, val_loader is not None, "this distill run")
+        self.curves: dict[str, list[float]] = {}
+        flow, fixed, kf = None, [], None
+        if self.flow_teacher:  # the paper's Figure 4: per-tap MSE to the pruned teacher's targets, every epoch
+            flow, fixed, shared = self.flow_setup(s, student)
+            if self.keep_flow:
+                kf = KeepFlow(flow, self.keep_flow, self.keep_flow_decay, shared)
+        self.distiller = Distiller(student, specs, self.pairs, loss_mods, ce, kf).to(rt.device)
+        self.announce(s, kf is not None)
+        res = self.res = self.fit(s, teacher, val_loader, flow, fixed)
+        return self.summarise(res, kf is not None)
+
+    def plan_for(self, st: Resolved) -> tuple[dict[str, Any] | None, OptimConfig, int]:
+        """(optimiser state, optimiser config, epochs) of this run: its own, or the rest of a warmup's plan."""
+        if not self.continue_plan:
+            return None, self.optim, self.epochs if self.epochs is not None else 30
+        from indistill_cli.io.plan_state import load_plan, plan_path
+
+        if st.ckpt is None:
+            raise BadInput("--continue-plan needs the warmup's output checkpoint as --student, not an architecture "
+                           "name")
+        path = self.plan or plan_path(st.ckpt.source)
+        opt_state, options, done = load_plan(path, st.ckpt.sha256)
+        try:
+            planned = OptimConfig(**options)
+        except TypeError as e:
+            raise BadInput(f"{path}: not a readable plan sidecar ({e})") from None
+        left = planned.plan_epochs - done
+        if left < 1:
+            raise BadInput(f"{path}: the plan's {planned.plan_epochs} epochs are all done by the warmup; give "
+                           f"warmup --plan-epochs more than its own epochs")
+        if self.epochs is not None and self.epochs != left:
+            raise BadInput(f"--epochs {self.epochs} with --continue-plan: the warmup's plan has {left} epochs left "
+                           f"({planned.plan_epochs} planned, {done} done); drop --epochs or pass --epochs {left}")
+        planned.plan_offset = done
+        return opt_state, planned, left
+
+    def flow_setup(self, s: Session, student: nn.Module) -> tuple[FlowPair, list[torch.Tensor], bool]:
+        """The pruned teacher's flow pair, fixed validation batches, the curves' first point, and whether the
+        pruned teacher is a probe-mode pruning of the KD teacher itself (then its targets come for free)."""
+        fck, tck = load_checkpoint(self.flow_teacher), self.teacher_r.ckpt
+        pairs = pairs_from_teacher(fck, self.student_r.spec)
+        shared = (tck is not None and fck.info.get("pruning", {}).get("mode") == "probe" and fck.spec == tck.spec
+                  and fck.state.keys() == tck.state.keys()
+                  and all(torch.equal(fck.state[k], tck.state[k]) for k in tck.state))
+        flow = FlowPair(frozen(model_from_checkpoint(fck), s.rt.device, s.rt.channels_last), student, pairs)
+        fixed = s.first_images(s.val_split or "test", self.student_r.spec, self.flow_images)
+        self.curves.update({p.student_tap: [v] for p, v in zip(pairs, flow_mse(flow, fixed, s.rt))})
+        return flow, fixed, shared
+
+    def announce(self, s: Session, kept: bool) -> None:
+        t, st, optim, ce = self.teacher_r, self.student_r, self.optim, self.ce_w
+        self.from_warmup = any(h.get("stage") == "warmup" for h in st.history)
+        desc = " + ".join([f"{ce:g}*ce"] * bool(ce) + [f"{m.weight:g}*{m.name}" for m in self.specs]
+                          + ([f"{self.keep_flow:g}*{self.keep_flow_decay:g}^epoch*keep_flow (ours)"] if kept else []))
+        progress.info(f"distill {t.name} -> {st.name}{' (from InDistill warmup)' if self.from_warmup else ''} on "
+                      f"{s.ds.info.name}: loss = {desc}; keeps the {SELECT_PHRASES[self.chosen]} ({s.rt.describe()})")
+        if self.continue_plan:
+            progress.info(f"continuing the warmup's lr plan: epochs {optim.plan_offset + 1}-"
+                          f"{optim.plan_offset + self.epochs} of {optim.plan_epochs} ({optim.optimizer}, lr "
+                          f"{optim.lr:g}, {optim.schedule}), optimiser state carried over for "
+                          f"{len(self.opt_state)} parameter tensors")
+
+    def fit(self, s: Session, teacher: nn.Module, val_loader: Any, flow: FlowPair | None,
+            fixed: list[torch.Tensor]) -> FitResult:
+        rt, distiller, student, curves = s.rt, self.distiller, self.student, self.curves
+        if self.opts.compile:
+            object.__setattr__(distiller, "run_student", maybe_compile(student, True))
+        # student + trainable adapters in DDP under torchrun; the teacher stays outside. The methods' buffers
+        # (CRD's memory banks) are not broadcast every step: they start equal and get every rank's updates.
+        broadcast_state(distiller.losses, rt)
+        net = ddp(distiller, rt, [f"losses.{n}" for n, _ in distiller.losses.named_buffers()])
+        loader = s.train_loader(self.student_r.spec)
+
+        def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
+            return net(batch.x, batch.y, batch.idx, epoch, distiller.teacher_outputs(batch.x, teacher))
+
+        if self.state is not None:
+            self.state.register("curves", lambda: curves, lambda saved: (curves.clear(), curves.update(saved)))
+        emb_tap = self.student_r.spec["embedding"]["name"] if self.chosen == "map" else None
+
+        def validate(epoch: int) -> dict[str, float]:
+            out: dict[str, float] = {}
+            if flow is not None:
+                for p, v in zip(flow.pairs, flow_mse(flow, fixed, rt)):
+                    curves[p.student_tap].append(v)
+                    out[f"val_mse_{p.student_tap}"] = v
+            return out if val_loader is None else {**val_metrics(student, val_loader, s, emb_tap), **out}
+
+        engine = Engine(rt, self.optim, self.epochs, select=SELECT_KEYS[self.chosen],
+                        label=f"distill {self.student_r.name}", skip_nonfinite=self.opts.skip_nonfinite,
+                        state=self.state)
+        return engine.fit(distiller, student, step, loader, validate, opt_state=self.opt_state)
+
+    def summarise(self, res: FitResult, kept: bool) -> dict[str, Any]:
+        self.wall_s, optim = self.wall(), self.optim
+        self.method_rec = [{"name": m.name, "weight": m.weight, "uses": losses.get(m.name).uses,
+                            "hparams": {**losses.get(m.name).hparams, **m.hparams},
+                            "pairs": [list(p) for p in pairs]} for m, pairs in zip(self.specs, self.pairs)]
+        best = res.history[res.best_epoch - 1] if res.history else {}
+        summary = {"stage": "distill", "teacher": self.teacher_r.name, "student": self.student_r.name,
+                   "output": self.out, "methods": self.method_rec, "ce": self.ce_w, "from_warmup": self.from_warmup,
+                   "select": self.chosen, "best_epoch": res.best_epoch, "val_top1": best.get("val_top1"),
+                   "val_map": best.get("val_map"), "epochs_run": self.epochs,
+                   "plan": {"epochs": optim.plan_epochs or self.epochs, "offset": optim.plan_offset,
+                            "continued": self.continue_plan},
+                   "keep_flow": {"weight": self.keep_flow, "decay": self.keep_flow_decay,
+                                 "note": "ours, not in the paper"} if kept else None,
+                   "images_per_sec": round(res.images_per_sec, 1), "peak_memory_mb": round(res.peak_memory_mb, 1),
+                   "wall_s": round(self.wall_s, 2), "epochs": res.history}
+        if self.curves:
+            summary["curves"] = self.curves
+        return summary
+
+    def write(self, s: Session, summary: dict[str, Any]) -> None:
+        t, st, distiller = self.teacher_r, self.student_r, self.distiller
+        has_state = any(len(l.state_dict()) or l.extra_state_tensors() for l in distiller.losses)
+        adapters = self.adapters
+        if adapters is None and has_state and self.out != "-":
+            adapters = sibling(self.out, ".adapters.safetensors")
+        if adapters and has_state:
+            save_adapters(adapters, distiller)
+            summary["adapters"] = adapters
+        options = {"methods": self.method_rec, "ce": self.ce_w, "epochs": self.epochs, "select": self.chosen,
+                   "continue_plan": self.continue_plan, "keep_flow": self.keep_flow,
+                   "keep_flow_decay": self.keep_flow_decay, **self.optim.as_dict(), **self.opts.as_dict()}
+        metrics = {k: summary[k] for k in SUMMARY_METRICS if summary[k] is not None}
+        hist = st.history + [history_entry(
+            "distill", options, [t.parent(), st.parent()], metrics, self.wall_s, s.ds.info.name,
+            from_warmup=self.from_warmup, teacher=spec_name(t.spec), curve=self.res.history, device=s.rt.describe())]
+        summary["sha256"] = write_model(self.out, self.res.best_state, st.spec, hist, {"dataset": s.ds.info.as_dict()})
+
+    def report(self, summary: dict[str, Any]) -> None:
+        progress.info(f"wrote {self.out if self.out != '-' else 'stdout'} ({SELECT_PHRASES[self.chosen]}: epoch "
+                      f"{self.res.best_epoch}, val top-1 {progress.fmt(summary['val_top1'])}"
+                      + (f", val mAP {progress.fmt(summary['val_map'])}" if summary["val_map"] is not None else "")
+                      + ")")
+
+    def finish(self) -> None:
+        if hasattr(self, "distiller"):
+            self.distiller.close()
+
+
+def build_methods(specs: list[MethodSpec], teacher_r: Resolved, student_r: Resolved, teacher: nn.Module,
+                  student: nn.Module, tap_pairs: list[str], embedding_pair: str | None,
+                  s: Session) -> tuple[list[list[tuple[str, str]]], list[nn.Module]]:
+    """Each method's (teacher tap, student tap) pairs and its loss module, sized by one probing forward."""
+    probe = torch.zeros(2, teacher_r.spec["in_channels"], *teacher_r.spec["input_size"], device=s.rt.device)
+    pairs_all, loss_mods = [], []
+    for m in specs:
+        cls = losses.get(m.name)
+        pairs = method_pairs(cls.uses, teacher_r.spec, student_r.spec, tap_pairs, embedding_pair)
+        t_shapes = feature_shapes(teacher, [t for t, _ in pairs], cls.uses, probe)
+        s_shapes = feature_shapes(student, [s_ for _, s_ in pairs], cls.uses, probe)
+        try:
+            loss_mods.append(cls(s_shapes, t_shapes, s.ds.info.num_classes, len(s.ds.train), **m.hparams))
+        except ValueError as e:
+            raise BadInput(f"--method {m.name}: {e}") from None
+        pairs_all.append(pairs)
+    return pairs_all, loss_mods
+
+
+def run_distill(teacher_arg: str, student_arg: str, out: str, methods: list[str], params: list[str],
+                ce: float | None, tap_pairs: list[str], embedding_pair: str | None, epochs: int | None,
+                optim: OptimConfig, opts: RunOptions, adapters: str | None = None,
+                force: bool = False, flow_teacher: str | None = None, flow_images: int = 1000,
+                select: str = "auto", continue_plan: bool = False, plan: str | None = None,
+                keep_flow: float = 0.0, keep_flow_decay: float = 1.0) -> dict[str, Any]:
+    """KD from `teacher_arg` into `student_arg` (see `Distill`)."""
+    return Distill(teacher_arg, student_arg, out, methods, params, ce, tap_pairs, embedding_pair, epochs, optim, opts,
+                   adapters, force, flow_teacher, flow_images, select, continue_plan, plan, keep_flow,
+                   keep_flow_decay).run()

@@ -1,0 +1,88 @@
+"""`indistill evaluate`: top-1/top-5, loss and per-class accuracy of a checkpoint on a split, and with a
+(pruned) teacher the information-flow view."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from indistill_cli import progress
+from indistill_cli.data import check_compatible
+from indistill_cli.errors import BadInput
+from indistill_cli.io.checkpoint import load_checkpoint
+from indistill_cli.metrics import agreement, classify, flow_mse
+from indistill_cli.models import spec_name
+from indistill_cli.pruning.rebuild import model_from_checkpoint
+from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
+from indistill_cli.stages.base import Stage
+from indistill_cli.stages.options import RunOptions
+from indistill_cli.stages.resolve import frozen, resolve_model
+from indistill_cli.stages.session import Session
+
+
+def flow_report(student: torch.nn.Module, student_spec: dict[str, Any], teacher_arg: str, s: Session, split: str,
+                max_images: int, plot: str | None) -> dict[str, Any]:
+    """The information-flow view: per paired tap MSE to the (pruned) teacher's target, and agreement."""
+    ck = load_checkpoint(teacher_arg)
+    if ck.role not in ("model", "pruned-teacher"):
+        raise BadInput(f"--teacher {ck.source}: a {ck.role} checkpoint is not a teacher")
+    check_compatible(s.ds.info, ck.spec, f"teacher {ck.source}")
+    teacher = frozen(model_from_checkpoint(ck), s.rt.device)
+    student.eval()
+    batches = s.first_images(split, student_spec, max_images)
+    n = sum(int(b.shape[0]) for b in batches)
+    out: dict[str, Any] = {"teacher": spec_name(ck.spec), "teacher_checkpoint": ck.source, "flow_images": n,
+                           "agreement": agreement(student, teacher, batches)}
+    try:
+        pairs = pairs_from_teacher(ck, student_spec)
+    except BadInput as e:
+        progress.warn(f"no per-tap MSE: {e}")
+        pairs = []
+    if pairs:
+        vals = flow_mse(FlowPair(teacher, student, pairs), batches, s.rt)
+        out["tap_mse"] = {f"{p.student_tap}<-{p.teacher_tap}": v for p, v in zip(pairs, vals)}
+        progress.table(f"information flow vs {out['teacher']} ({split}, {n} images)", ["student <- teacher tap", "MSE"],
+                       [[k, v] for k, v in out["tap_mse"].items()])
+        if plot and s.rt.is_main:
+            from indistill_cli.io.plots import plot_tap_bars
+
+            plot_tap_bars(out["tap_mse"], plot, f"per-tap MSE to {out['teacher']} targets; "
+                                                f"agreement {100 * out['agreement']:.1f}%")
+            out["plot"] = plot
+    progress.info(f"teacher-student agreement: {100 * out['agreement']:.2f}% of {n} images")
+    return out
+
+
+class Evaluate(Stage):
+    name = "evaluate"
+
+    def __init__(self, model_arg: str, split: str, opts: RunOptions, per_class: bool = True,
+                 teacher: str | None = None, flow_images: int = 2000, plot: str | None = None) -> None:
+        super().__init__(None, opts)
+        self.model_arg, self.split, self.per_class = model_arg, split, per_class
+        self.teacher, self.flow_images, self.plot = teacher, flow_images, plot
+
+    def execute(self, s: Session) -> dict[str, Any]:
+        m = resolve_model(self.model_arg, s.ds.info, "model", role=None)
+        model = m.model.to(s.rt.device)
+        if s.rt.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        r = classify(model, s.eval_loader(self.split, m.spec), s.rt, s.ds.info.num_classes)  # rank shards, all-reduced
+        classes = s.ds.info.classes
+        out = {"model": m.name, "checkpoint": m.ckpt.source if m.ckpt else None, "data": s.ds.info.name,
+               "split": self.split, "n": r["n"], "top1": r["top1"], "top5": r["top5"], "loss": r["loss"],
+               "per_class": {c: a for c, a in zip(classes, r["per_class"])}, "wall_s": round(self.wall(), 3)}
+        progress.table(f"{m.name} on {s.ds.info.name} / {self.split} ({r['n']} images)", ["metric", "value"],
+                       [["top-1", r["top1"]], ["top-5", r["top5"]], ["loss", r["loss"]]])
+        if self.per_class:
+            progress.table("per-class top-1", ["class", "accuracy"], [[c, a] for c, a in out["per_class"].items()])
+        if self.teacher:
+            out["flow"] = flow_report(model, m.spec, self.teacher, s, self.split, self.flow_images, self.plot)
+        return out
+
+
+def run_evaluate(model_arg: str, split: str, opts: RunOptions, per_class: bool = True, teacher: str | None = None,
+                 flow_images: int = 2000, plot: str | None = None) -> dict[str, Any]:
+    """Accuracy of `model_arg` on `split` (and the flow view against `teacher`)."""
+    return Evaluate(model_arg, split, opts, per_class, teacher, flow_images, plot).run()

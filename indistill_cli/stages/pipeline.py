@@ -1,0 +1,373 @@
+"""`indistill pipeline`: the whole InDistill chain as one resumable command.
+
+Stages (each is exactly the standalone command's function with the same options, so a pipeline's
+student equals the one the separate commands give with the same seed):
+  teacher (train, when given a name) -> [auxiliary: train + PKT from the teacher] -> prune -> warmup
+  -> distill -> evaluate -> retrieve.
+Every output lands in one folder with a manifest; `--resume` skips a stage whose output exists and
+whose options and parent checkpoints are unchanged, so an interrupted run redoes only what is missing.
+
+The student's schedule: by default warmup and KD are ONE run of one optimiser and lr plan (the
+reference: Adam 1e-3, then 1e-4 for the last seventh of the epochs): the warmup writes its optimiser
+state and plan, and distill continues it (`--schedule-mode separate` restarts KD with its own
+optimiser instead). The budget view is explicit: `--budget equal` counts the warmup's epochs inside
+`--epochs` (the strict comparison with `--no-warmup`), `--budget added` runs them before an unchanged
+KD schedule of `--epochs` (then compare with `--no-warmup --epochs E+W`, KD given those epochs too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from indistill_cli import progress
+from indistill_cli.data import load_dataset
+from indistill_cli.engine.schedule import OptimConfig
+from indistill_cli.errors import BadInput
+from indistill_cli.io.atomic import atomic_write
+from indistill_cli.io.checkpoint import load_checkpoint, looks_like_checkpoint
+from indistill_cli.models import make_spec
+from indistill_cli.pruning.rebuild import build
+from indistill_cli.stages.curriculum import epochs_per_tap
+from indistill_cli.stages.distill import run_distill
+from indistill_cli.stages.evaluate import run_evaluate
+from indistill_cli.stages.options import RunOptions
+from indistill_cli.stages.prune import run_prune
+from indistill_cli.stages.retrieve import run_retrieve
+from indistill_cli.stages.train import run_train
+from indistill_cli.stages.warmup import run_warmup
+
+MANIFEST = "pipeline.json"
+
+
+@dataclass
+class PipelineConfig:
+    teacher: str
+    student: str
+    out_dir: str
+    opts: RunOptions
+    teacher_epochs: int = 30
+    teacher_optim: OptimConfig = field(default_factory=OptimConfig)
+    aux: str | None = None
+    aux_epochs: int = 20
+    aux_optim: OptimConfig = field(default_factory=lambda: OptimConfig("adam", 1e-3, weight_decay=0.0, schedule="none"))
+    criterion: str = "l1"
+    prune_mode: str = "probe"
+    a: float = 2.0
+    b: float = 1.0
+    epochs_per_tap: str | None = None
+    warmup_optim: OptimConfig = field(default_factory=lambda: OptimConfig("adam", 1e-3, weight_decay=0.0, schedule="none"))
+    methods: list[str] = field(default_factory=lambda: ["kd"])
+    params: list[str] = field(default_factory=list)
+    ce: float | None = None
+    distill_epochs: int = 30  # the student's epochs: in all (budget equal) or of KD alone (budget added)
+    distill_optim: OptimConfig = field(default_factory=lambda: reference_student_optim())
+    warmup: bool = True
+    retrieve: bool = True
+    resume: bool = False
+    budget: str = "equal"  # equal: warmup counted inside distill_epochs; added: before an unchanged KD schedule
+    schedule_mode: str = "continuous"  # continuous: warmup + KD one optimiser and lr plan; separate: two
+    select: str = "auto"
+    keep_flow: float = 0.0  # ours, not the paper's: see distill --keep-flow
+    keep_flow_decay: float = 1.0
+
+    def check(self) -> None:
+        if self.budget not in ("equal", "added"):
+            raise BadInput(f"--budget must be equal or added, got '{self.budget}'")
+        if self.schedule_mode not in ("continuous", "separate"):
+            raise BadInput(f"--schedule-mode must be continuous or separate, got '{self.schedule_mode}'")
+        if self.distill_epochs < 1:
+            raise BadInput(f"--epochs must be at least 1, got {self.distill_epochs}")
+        if self.keep_flow and not self.warmup:
+            raise BadInput("--keep-flow keeps the warmup's flow terms: it needs the warmup (drop --no-warmup)")
+
+
+def reference_student_optim() -> OptimConfig:
+    """The reference's student schedule: Adam 1e-3 without weight decay, 10x lower for the last seventh
+    (its 70 CIFAR epochs: 60 at 1e-3, 10 at 1e-4); the milestone is placed on the whole plan."""
+    return OptimConfig("adam", 1e-3, weight_decay=0.0, schedule="multistep", milestones=[])
+
+
+def with_milestone(optim: OptimConfig, total: int) -> OptimConfig:
+    """A multistep plan given no milestones gets the reference's: lr x gamma for the last seventh."""
+    if optim.schedule != "multistep" or optim.milestones:
+        return optim
+    return OptimConfig(**{**optim.as_dict(), "milestones": [total - max(1, round(total / 7))]})
+
+
+def budget_split(cfg: PipelineConfig, warm_epochs: int) -> tuple[int, int]:
+    """(warmup epochs, KD epochs) of the student under the budget view; KD alone without warmup."""
+    if not cfg.warmup:
+        return 0, cfg.distill_epochs
+    if cfg.budget == "added":
+        return warm_epochs, cfg.distill_epochs
+    if cfg.distill_epochs <= warm_epochs:
+        raise BadInput(f"--budget equal: --epochs {cfg.distill_epochs} must exceed the warmup's {warm_epochs} "
+                       f"epochs (they count inside it); raise --epochs or use --budget added")
+    return warm_epochs, cfg.distill_epochs - warm_epochs
+
+
+def budget_line(cfg: PipelineConfig, warm: int, kd: int) -> str:
+    """The one line that says which budget view a run (and its table) uses."""
+    if not cfg.warmup:
+        return f"budget: {kd} KD epochs, no warmup"
+    view = "equal total epochs (warmup counted inside)" if cfg.budget == "equal" else \
+        "warmup added before an unchanged KD schedule"
+    return f"budget: {view}: {warm} warmup + {kd} KD = {warm + kd} student epochs, {cfg.schedule_mode} schedule"
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    output: str  # file name inside out_dir
+    epochs: int
+    options: dict[str, Any]
+    parents: list[str]  # file names (inside out_dir) or external paths this stage reads
+    run: Callable[[], dict[str, Any]]
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_sha(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def plan(cfg: PipelineConfig) -> list[PlannedStage]:
+    """The stages to run, in order, each bound to its standalone function."""
+    stages: list[PlannedStage] = []
+    teacher = _teacher_stage(cfg, stages)
+    source = _aux_stages(cfg, teacher, stages)  # the model the student learns from (the auxiliary when there is one)
+    final = _student_stages(cfg, source, stages)
+    _report_stages(cfg, final, stages)
+    o = cfg.opts
+    common = {"data": o.data, "seed": o.seed, "val_fraction": o.val_fraction, "batch_size": o.batch_size,
+              "augment": o.augment, "precision": o.precision}
+    for s in stages:
+        s.options = {**s.options, **common}
+    return stages
+
+
+def _file(cfg: PipelineConfig, name: str) -> str:
+    return str(Path(cfg.out_dir) / name)
+
+
+def _teacher_stage(cfg: PipelineConfig, stages: list[PlannedStage]) -> str:
+    """The teacher checkpoint: given, or trained here from an architecture name."""
+    if looks_like_checkpoint(cfg.teacher):
+        if cfg.teacher == "-":
+            raise BadInput("pipeline --teacher cannot be '-': give a checkpoint file or an architecture name")
+        return cfg.teacher
+    teacher = _file(cfg, "teacher.safetensors")
+    stages.append(PlannedStage("teacher", "teacher.safetensors", cfg.teacher_epochs,
+                        {"arch": cfg.teacher, "epochs": cfg.teacher_epochs, **cfg.teacher_optim.as_dict()}, [],
+                        lambda: run_train(cfg.teacher, teacher, cfg.teacher_epochs, cfg.teacher_optim, cfg.opts,
+                                          force=True)))
+    return teacher
+
+
+def _aux_stages(cfg: PipelineConfig, teacher: str, stages: list[PlannedStage]) -> str:
+    """--aux: a CE-trained auxiliary, then PKT from the teacher; returns the student's source."""
+    if not cfg.aux:
+        return teacher
+    aux_ce, aux, o = _file(cfg, "aux_ce.safetensors"), _file(cfg, "aux.safetensors"), cfg.opts
+    stages.append(PlannedStage("aux-train", "aux_ce.safetensors", cfg.aux_epochs,
+                        {"arch": cfg.aux, "epochs": cfg.aux_epochs, **cfg.teacher_optim.as_dict()}, [],
+                        lambda: run_train(cfg.aux, aux_ce, cfg.aux_epochs, cfg.teacher_optim, o, force=True)))
+    stages.append(PlannedStage("aux-pkt", "aux.safetensors", cfg.aux_epochs,
+                        {"method": "pkt", "ce": 0.0, "epochs": cfg.aux_epochs, **cfg.aux_optim.as_dict()},
+                        [teacher, aux_ce],
+                        lambda: run_distill(teacher, aux_ce, aux, ["pkt"], [], 0.0, [], None, cfg.aux_epochs,
+                                            cfg.aux_optim, o, force=True)))
+    return aux
+
+
+def _student_stages(cfg: PipelineConfig, source: str, stages: list[PlannedStage]) -> str:
+    """prune -> warmup (unless --no-warmup) -> distill, on one lr plan when continuous; returns the student."""
+    o, p = cfg.opts, (lambda name: _file(cfg, name))
+    warm_n, kd_n = budget_split(cfg, warmup_epochs(cfg) if cfg.warmup else 0)
+    continuous = cfg.warmup and cfg.schedule_mode == "continuous"
+    student_optim = with_milestone(cfg.distill_optim, warm_n + kd_n if continuous else kd_n)
+    pruned, student_in = p("teacher_pruned.safetensors"), cfg.student
+    if cfg.warmup:
+        warm = p("student_warm.safetensors")
+        stages.append(PlannedStage("prune", "teacher_pruned.safetensors", 0,
+                            {"like": cfg.student, "criterion": cfg.criterion, "mode": cfg.prune_mode}, [source],
+                            lambda: run_prune(source, cfg.student, pruned, o, cfg.criterion, cfg.prune_mode,
+                                              data_given=True, force=True)))
+        warm_optim = OptimConfig(**{**student_optim.as_dict(), "plan_epochs": warm_n + kd_n}) if continuous \
+            else cfg.warmup_optim
+        stages.append(PlannedStage("warmup", "student_warm.safetensors", warm_n,
+                            {"student": cfg.student, "a": cfg.a, "b": cfg.b, "epochs_per_tap": cfg.epochs_per_tap,
+                             **warm_optim.as_dict()}, [pruned],
+                            lambda: run_warmup(pruned, cfg.student, warm, warm_optim, o, cfg.a, cfg.b,
+                                               cfg.epochs_per_tap, plot=p("flow.png"), force=True)))
+        student_in = warm
+    final = p("student.safetensors")
+    flow_teacher = pruned if cfg.warmup else None
+    stages.append(PlannedStage("distill", "student.safetensors", kd_n,
+                        {"student": cfg.student, "methods": cfg.methods, "params": cfg.params, "ce": cfg.ce,
+                         "epochs": kd_n, "continue_plan": continuous, "select": cfg.select,
+                         "keep_flow": cfg.keep_flow, "keep_flow_decay": cfg.keep_flow_decay,
+                         **student_optim.as_dict()}, [source, student_in],
+                        lambda: run_distill(source, student_in, final, cfg.methods, cfg.params, cfg.ce, [], None,
+                                            None if continuous else kd_n, student_optim, o, force=True,
+                                            flow_teacher=flow_teacher, select=cfg.select, continue_plan=continuous,
+                                            keep_flow=cfg.keep_flow, keep_flow_decay=cfg.keep_flow_decay)))
+    return final
+
+
+def _report_stages(cfg: PipelineConfig, final: str, stages: list[PlannedStage]) -> None:
+    """evaluate (with the flow view when warmed) and retrieve the final student."""
+    o = cfg.opts
+    eval_opts = RunOptions(**{**o.as_dict(), "augment": False})
+    flow = _file(cfg, "teacher_pruned.safetensors") if cfg.warmup else None
+    stages.append(PlannedStage("evaluate", "evaluate.json", 0, {"split": "test"}, [final],
+                        lambda: run_evaluate(final, "test", eval_opts, teacher=flow)))
+    if cfg.retrieve:
+        ret_opts = RunOptions(**{**o.as_dict(), "val_fraction": 0.0})
+        stages.append(PlannedStage("retrieve", "retrieve.json", 0, {"metric": "both", "k": [100]}, [final],
+                            lambda: run_retrieve(final, ret_opts, None, "train", "test", "both", "exact", [100],
+                                                 None, None, None, 10, None)))
+
+
+def warmup_epochs(cfg: PipelineConfig) -> int:
+    """The warmup's epochs for this student (its number of taps on the curriculum)."""
+    if looks_like_checkpoint(cfg.student):
+        taps = len(load_checkpoint(cfg.student).spec["taps"])
+    else:
+        info = load_dataset(cfg.opts.data, cfg.opts.val_fraction, cfg.opts.data_root, cfg.opts.image_size).info
+        taps = len(make_spec(cfg.student, info.in_channels, info.num_classes, info.image_size)[0]["taps"])
+    return sum(epochs_per_tap(taps, cfg.a, cfg.b, cfg.epochs_per_tap))
+
+
+def estimate(cfg: PipelineConfig, stages: list[PlannedStage]) -> dict[str, float]:
+    """Seconds per training stage from a 3-step timing of each model on this machine (rough, +-50%)."""
+    import torch
+
+    ds = load_dataset(cfg.opts.data, cfg.opts.val_fraction, cfg.opts.data_root, cfg.opts.image_size)
+    info, n = ds.info, len(ds.train)
+    shape = (info.in_channels, *info.image_size)
+
+    def model_of(name: str) -> Any:
+        if looks_like_checkpoint(name):
+            return build(load_checkpoint(name).spec)
+        return make_spec(name, info.in_channels, info.num_classes, info.image_size)[1]
+
+    def ips(model: Any, train: bool = True) -> float:
+        bs = min(cfg.opts.batch_size, 64)
+        x = torch.randn(bs, model_in(model), *shape[1:])
+        model.train(train)
+        times = []
+        for i in range(4):
+            t = time.perf_counter()
+            if train:
+                model(x).sum().backward()
+            else:
+                with torch.no_grad():
+                    model(x)
+            times.append(time.perf_counter() - t)
+        return bs / max(min(times[1:]), 1e-6)
+
+    def model_in(model: Any) -> int:
+        conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        return conv.in_channels if conv is not None else shape[0]
+
+    t_model, s_model = model_of(cfg.teacher), model_of(cfg.student)
+    s_ips, t_inf = ips(s_model), ips(t_model, train=False)
+    out: dict[str, float] = {}
+    for st in stages:
+        if st.name == "teacher":
+            out[st.name] = st.epochs * n / ips(t_model)
+        elif st.name in ("aux-train", "aux-pkt") and cfg.aux:
+            a_ips = ips(model_of(cfg.aux))
+            out[st.name] = st.epochs * n * (1 / a_ips + (1 / t_inf if st.name == "aux-pkt" else 0))
+        elif st.name in ("warmup", "distill"):
+            out[st.name] = st.epochs * n * (1 / s_ips + 1 / t_inf)
+    return out
+
+
+def _load_manifest(d: Path) -> dict[str, Any]:
+    try:
+        return json.loads((d / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"stages": {}}
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run the stages not up to date (all, without --resume), then the final table."""
+    cfg.check()
+    d = _out_dir(cfg)
+    stages = plan(cfg)
+    manifest = _load_manifest(d) if cfg.resume else {"stages": {}}
+    est = estimate(cfg, stages)
+    warm_n = next((s.epochs for s in stages if s.name == "warmup"), 0)
+    kd_n = next(s.epochs for s in stages if s.name == "distill")
+    budget = budget_line(cfg, warm_n, kd_n)
+    rows = [[i + 1, s.name, s.output, s.epochs, f"{est[s.name] / 60:.1f} min" if s.name in est else "< 1 min"]
+            for i, s in enumerate(stages)]
+    progress.table(f"pipeline: {cfg.teacher} -> {cfg.student} on {cfg.opts.data}"
+                   f"{'' if cfg.warmup else ' (no InDistill warmup)'} -> {d}/  (estimated {sum(est.values()) / 60:.1f} "
+                   f"min on this machine)", ["#", "stage", "output", "epochs", "estimate"], rows)
+    progress.info(budget)
+    results: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for i, s in enumerate(stages):
+        results[s.name] = _run_stage(cfg, d, manifest, s, f"{i + 1}/{len(stages)}")
+    final = _final_table(results, budget)
+    return {"out_dir": str(d), "stages": [s.name for s in stages], "estimate_s": est, "results": results, "final": final,
+            "budget": {"view": cfg.budget if cfg.warmup else "no-warmup", "warmup_epochs": warm_n, "kd_epochs": kd_n,
+                       "schedule": cfg.schedule_mode if cfg.warmup else "single", "line": budget},
+            "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def _out_dir(cfg: PipelineConfig) -> Path:
+    """The output folder: new, or an earlier pipeline's with --resume."""
+    d = Path(cfg.out_dir)
+    if d.exists() and not d.is_dir():
+        raise BadInput(f"--out {d}: exists and is not a folder")
+    if d.exists() and any(d.iterdir()) and not cfg.resume and (d / MANIFEST).exists():
+        raise BadInput(f"--out {d}: holds an earlier pipeline; pass --resume to continue it or choose another folder")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _run_stage(cfg: PipelineConfig, d: Path, manifest: dict[str, Any], s: PlannedStage, which: str) -> dict[str, Any]:
+    """One stage, or its recorded summary when --resume finds its output up to date; updates the manifest."""
+    out = d / s.output
+    parents = {pp: _file_sha(Path(pp)) for pp in s.parents}
+    key = _digest({"options": s.options, "parents": parents})
+    rec = manifest["stages"].get(s.name)
+    if cfg.resume and rec and rec.get("key") == key and out.exists() and rec.get("sha256") == _file_sha(out):
+        progress.info(f"[bold]stage {which} {s.name}[/bold]: up to date, skipped")
+        return rec.get("summary", {})
+    if not progress.quiet():  # --quiet, or a torchrun rank other than 0
+        progress.console.rule(f"stage {which}: {s.name}")
+    ts = time.perf_counter()
+    summary = s.run()
+    main = progress.main_process()  # under torchrun only rank 0 writes
+    if s.output.endswith(".json") and main:
+        atomic_write(out, (json.dumps(summary, indent=1, default=str) + "\n").encode())
+    small = {k: v for k, v in summary.items() if k not in ("epochs", "curves", "per_class")}
+    manifest["stages"][s.name] = {"key": key, "sha256": _file_sha(out), "output": s.output,
+                                  "wall_s": round(time.perf_counter() - ts, 2), "summary": small}
+    if main:
+        atomic_write(d / MANIFEST, json.dumps(manifest, indent=1, default=str).encode())
+    return small
+
+
+def _final_table(results: dict[str, Any], budget: str) -> dict[str, Any]:
+    ev, rt = results.get("evaluate", {}), results.get("retrieve", {})
+    mets = rt.get("metrics", {})
+    final = {"top1": ev.get("top1"), "top5": ev.get("top5"),
+             "map_cosine": mets.get("cosine", {}).get("map"), "map_euclidean": mets.get("euclidean", {}).get("map"),
+             "p@100_cosine": mets.get("cosine", {}).get("precision@100")}
+    progress.table(f"final student (test split); {budget}", ["metric", "value"],
+                   [[k, v] for k, v in final.items() if v is not None])
+    return final
