@@ -102,6 +102,24 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+def image_tree(root: Path, per_class: int | tuple[int, int] = 6, val_per_class: int = 2) -> Path:
+    """ROOT/train/{cat,dog}/*.png and ROOT/val/...: small RGB images, dark cats and bright dogs.
+    `per_class`: training images of each class (one count, or one per class)."""
+    import numpy as np
+    from PIL import Image
+
+    counts = (per_class, per_class) if isinstance(per_class, int) else per_class
+    rng = np.random.default_rng(0)
+    for split, ns in (("train", counts), ("val", (val_per_class, val_per_class))):
+        for (cls, base), n in zip((("cat", 40), ("dog", 200)), ns):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                px = np.clip(base + rng.integers(-30, 30, (20, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(px).save(d / f"{i}.png")
+    return root
+
+
 def assert_one_line_error(code: int, stderr: str, *needles: str, exit_code: int = 2) -> str:
     """Exit code as expected, stderr exactly one 'error:' line containing every needle, no traceback."""
     assert "Traceback" not in stderr, stderr

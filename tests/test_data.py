@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, image_tree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -311,16 +311,7 @@ def test_datasets_command_lists_builtins(cli):
 # ----------------------------------------------------------------------------- ImageFolder
 
 def make_image_tree(root: Path, per_class: int = 6, val_per_class: int = 2) -> None:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("val", val_per_class)):
-        for cls, base in (("cat", 40), ("dog", 200)):
-            d = root / split / cls
-            d.mkdir(parents=True)
-            for i in range(n):
-                px = np.clip(base + rng.integers(-30, 30, (20, 24, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(px).save(d / f"{i}.png")
+    image_tree(root, per_class, val_per_class)
     (root / "train" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     (root / "train" / "cat" / "notes.txt").write_text("not an image extension: ignored")
 
@@ -377,3 +368,27 @@ def test_imagefolder_layout_errors(tmp_path, layout, needle):
         (root / "val" / "a").mkdir(parents=True)
     with pytest.raises(BadInput, match=needle):
         D.load_dataset(f"imagefolder:{root}")
+
+
+# ----------------------------------------------------------------------------- torchrun shards
+
+@pytest.mark.parametrize("shuffle, drop_last", [(True, True), (True, False), (False, False)])
+def test_both_loaders_shard_an_odd_split_the_same_way(tmp_path, shuffle, drop_last):
+    """One sharding rule for both loaders: training shards are equal on every rank (so DDP's ranks run the
+    same steps), evaluation shards cover every image once."""
+    from indistill_cli.data.folder import FolderLoader
+
+    image_tree(tmp_path, per_class=(4, 3), val_per_class=1)  # 7 training images
+    ds = D.load_dataset(f"imagefolder:{tmp_path}", val_fraction=0.0, image_size=16)
+    tensors = D.Split(torch.zeros(7, 3, 16, 16, dtype=torch.uint8), torch.arange(7))
+    for make in (lambda r: FolderLoader(ds.train, ds.info, 2, shuffle=shuffle, drop_last=drop_last, rank=r, world=2,
+                                        workers=0),
+                 lambda r: D.TensorLoader(tensors, ds.info, 2, shuffle=shuffle, drop_last=drop_last, rank=r, world=2)):
+        ranks = [make(0), make(1)]
+        seen = [torch.cat([b.idx for b in loader]) for loader in ranks]
+        assert [len(loader) for loader in ranks] == [len(list(loader)) for loader in ranks]
+        if shuffle:  # training: the same number of steps on both ranks, no image twice
+            assert len(ranks[0]) == len(ranks[1]) and len(seen[0]) == len(seen[1])
+            assert not set(seen[0].tolist()) & set(seen[1].tolist())
+        else:  # evaluation: every image exactly once
+            assert sorted(torch.cat(seen).tolist()) == list(range(7))

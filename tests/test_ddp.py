@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import cli_env
+from conftest import cli_env, image_tree
 
 from indistill_cli.io.checkpoint import load_checkpoint
 
@@ -31,13 +31,13 @@ DATA = ("--data", "synthetic:1x28x28:10:160", "--val-fraction", "0.2", "--batch-
 
 # ----------------------------------------------------------------------------- torchrun, the real CLI
 
-def _torchrun(*args: str, cwd: Path) -> tuple[int, str, str]:
+def _torchrun(*args: str, cwd: Path, timeout: float = 300) -> tuple[int, str, str]:
     env = cli_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "-m", "indistill_cli", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                       timeout=300, stdin=subprocess.DEVNULL)
+                       timeout=timeout, stdin=subprocess.DEVNULL)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -69,6 +69,21 @@ def test_torchrun_pipeline_trains_warms_up_and_distills_to_valid_checkpoints(tmp
     assert warm["epochs_per_tap"] == [1, 1, 1]
     ev = json.loads((run / "evaluate.json").read_text())
     assert ev["n"] == 32 and 0 <= ev["top1"] <= 1  # rank shards all-reduced: every test image once
+
+
+def test_torchrun_trains_on_an_odd_sized_image_folder(tmp_path):
+    """151 training images on 2 ranks with batches of 4: both ranks read 75 of them (18 steps each). With
+    shards of 76 and 75 the ranks ran 19 and 18 steps and the run hung in DDP's last all-reduce."""
+    image_tree(tmp_path / "imgs", per_class=(76, 75), val_per_class=1)
+    try:
+        code, out, err = _torchrun("train", "cnn3-w0.5", "--data", f"imagefolder:{tmp_path / 'imgs'}", "--image-size",
+                                   "32", "--batch-size", "4", "--val-fraction", "0", "--epochs", "1", "--no-last",
+                                   "-o", "m.safetensors", "--json", cwd=tmp_path, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("torchrun with an odd-sized image folder hung (the ranks' shards differ in steps)")
+    assert code == 0, err[-4000:]
+    assert json.loads(out)["epochs"][0]["epoch"] == 1
+    assert load_checkpoint(str(tmp_path / "m.safetensors")).history[-1]["stage"] == "train"
 
 
 # ----------------------------------------------------------------------------- spawned ranks vs one process

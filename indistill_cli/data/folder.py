@@ -18,7 +18,7 @@ import torch
 
 from indistill_cli.data.base import Batch, Dataset, DataInfo
 from indistill_cli.data.pixels import Normalise
-from indistill_cli.data.sharding import shard, shard_size
+from indistill_cli.data.sharding import ShardedLoader
 from indistill_cli.data.splits import carve_val
 from indistill_cli.errors import BadInput
 
@@ -119,51 +119,30 @@ def _collate(rows: list[Any]) -> Any:
 _REPORTED: set[str] = set()  # unreadable files already reported by this process (one warning each)
 
 
-class FolderLoader:
-    """DataLoader-backed loader yielding the same `Batch` as the tensor path."""
+class FolderLoader(ShardedLoader):
+    """DataLoader-backed loader yielding the same `Batch` as the tensor path; skipped batches of a resumed
+    run are not decoded."""
 
     def __init__(self, split: FolderSplit, info: DataInfo, batch_size: int, device: Any = "cpu", shuffle: bool = False,
                  augment: bool = False, seed: int = 0, drop_last: bool = False, model_channels: int | None = None,
                  model_size: tuple[int, int] | None = None, rank: int = 0, world: int = 1,
                  channels_last: bool = False, workers: int | None = None, strict: bool = False) -> None:
+        super().__init__(len(split), batch_size, shuffle, seed, drop_last, rank, world)
         self.device = torch.device(device)
         size = int((model_size or info.image_size)[0])
         gray = model_channels == 1  # a 1-channel model reads the folder as grayscale
         self.ds = _Images(split, size, augment, "L" if gray else "RGB")
-        self.split_name, self.strict, self._skip = split.name or "images", strict, 0
-        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
-        self.rank, self.world, self.epoch = rank, world, 0
+        self.split_name, self.strict = split.name or "images", strict
         self.workers = workers if workers is not None else min(8, max(1, (torch.get_num_threads() or 2) - 1))
         self.skipped = 0
         # the tensor path's normalisation, so both paths produce identical floats
         self.to_float = Normalise(info.mean, info.std, self.device, (size, size), channels_last=channels_last,
                                   gray=gray)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def skip_batches(self, n: int) -> None:
-        """The next iteration starts after `n` batches (a resumed run) without decoding them."""
-        self._skip = n
-
-    @property
-    def _equal_shards(self) -> bool:
-        return self.shuffle or self.drop_last  # training: every rank the same number of steps
-
-    def _indices(self) -> list[int]:
-        n = len(self.ds)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)) \
-            if self.shuffle else torch.arange(n)
-        return shard(order, self.rank, self.world, self._equal_shards).tolist()
-
-    def __len__(self) -> int:
-        n = shard_size(len(self.ds), self.rank, self.world, self._equal_shards)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
     def __iter__(self) -> Iterator[Any]:
         skip, self._skip = self._skip, 0
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self.ds, self._indices()[skip * self.batch_size :]), batch_size=self.batch_size,
+            torch.utils.data.Subset(self.ds, self.order().tolist()[skip * self.batch_size :]), batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.workers, collate_fn=_collate, drop_last=self.drop_last,
             pin_memory=self.device.type == "cuda", persistent_workers=False)

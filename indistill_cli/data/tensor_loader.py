@@ -2,64 +2,39 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import torch
 
 from indistill_cli.data.base import Batch, DataInfo, Split
 from indistill_cli.data.pixels import Normalise, crop_flip
-from indistill_cli.data.sharding import shard, shard_size
+from indistill_cli.data.sharding import ShardedLoader
 from indistill_cli.errors import BadInput
 
 
-class TensorLoader:
+class TensorLoader(ShardedLoader):
     """Batches of a tensor split: shuffled by (seed, epoch), augmented in one batched op.
 
     Images stay uint8 on `device` (the GPU when training there) and become normalised floats per batch.
     `model_channels` repeats grayscale to RGB for RGB models; `model_size` pads/resizes to the model.
+    A resumed run's skipped batches still draw their augmentation numbers (see `_plan`).
     """
 
     def __init__(self, split: Split, info: DataInfo, batch_size: int, device: torch.device | str = "cpu",
                  shuffle: bool = False, augment: bool = False, seed: int = 0, drop_last: bool = False,
                  model_channels: int | None = None, model_size: tuple[int, int] | None = None,
                  rank: int = 0, world: int = 1, channels_last: bool = False) -> None:
+        super().__init__(len(split), batch_size, shuffle, seed, drop_last, rank, world)
         self.device = torch.device(device)
         self.images = split.images.to(self.device)
         self.labels = split.labels.to(self.device)
-        self.info, self.batch_size, self.shuffle, self.augment = info, batch_size, shuffle, augment
-        self.seed, self.drop_last, self.epoch = seed, drop_last, 0
-        self._skip = 0
-        self.rank, self.world = rank, world
+        self.info, self.augment = info, augment
         c = info.in_channels
         repeat = (model_channels // c) if model_channels and model_channels != c else 1
         if model_channels and model_channels != c and (c != 1 or model_channels % c):
             raise BadInput(f"the model takes {model_channels}-channel input but {info.name} has {c} channels")
         self.to_float = Normalise(info.mean, info.std, self.device, tuple(model_size or info.image_size), repeat,
                                   channels_last)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def skip_batches(self, n: int) -> None:
-        """The next iteration starts after `n` batches (a resumed run), drawing their augmentation numbers."""
-        self._skip = n
-
-    @property
-    def _equal_shards(self) -> bool:
-        return self.shuffle or self.drop_last  # training: every rank the same number of steps
-
-    def _order(self) -> torch.Tensor:
-        n = len(self.labels)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        else:
-            order = torch.arange(n)
-        return shard(order, self.rank, self.world, self._equal_shards)
-
-    def __len__(self) -> int:
-        n = shard_size(len(self.labels), self.rank, self.world, self._equal_shards)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def _plan(self) -> torch.Tensor:
         """This epoch's order and augmentation draws as one int64 (4, n) tensor on the device.
@@ -69,7 +44,7 @@ class TensorLoader:
         copy and no synchronisation per step. Rows: sample index, crop row offset, crop column
         offset, flip (0/1).
         """
-        order = self._order()
+        order = self.order()
         n = len(order)
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 7919 * (self.rank + 1))
         p = self.info.pad
