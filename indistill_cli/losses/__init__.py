@@ -1,7 +1,8 @@
 """Distillation losses: one method per file over a tiny base (`base.DistillLoss`, `base.KDBatch`).
 
 Importing the package registers every method, so `get(name)` and `names()` see them all. A new method
-is one new file with a `@register("name")` class and its import below.
+is one new file with a `@register("name", uses=..., default_weight=..., ce_weight=...)` class (its
+`forward(b: KDBatch)` returns the term) and its import below.
 """
 
 from indistill_cli.losses.base import DistillLoss, Feats, KDBatch  # noqa: F401

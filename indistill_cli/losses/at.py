@@ -26,13 +26,10 @@ def attention_map(f: torch.Tensor, p: float) -> torch.Tensor:
     return F.normalize(f.abs().pow(p).mean(dim=1).flatten(1), dim=1)
 
 
-@register("at")
+@register("at", uses="taps", default_weight=1000.0, ce_weight=1.0)
 class AT(DistillLoss):
     """Match where the student and teacher put their activation energy."""
 
-    uses = "taps"
-    default_weight = 1000.0
-    ce_weight = 1.0
     hparams = {"p": 2.0}
 
     def forward(self, b: KDBatch) -> torch.Tensor:

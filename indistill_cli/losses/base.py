@@ -1,9 +1,11 @@
 """Base class shared by every distillation term, plus small tensor helpers.
 
-A :class:`DistillLoss` is one knowledge-distillation term. The trainer combines
-it with cross-entropy as ``ce_weight * CE + weight * loss(...)``; the class
-attributes carry the recipe of the method's paper so the CLI can offer sane
-defaults without the user knowing them.
+A :class:`DistillLoss` is one knowledge-distillation term: ``forward`` takes one
+:class:`KDBatch` and returns a scalar. The trainer combines it with cross-entropy as
+``ce_weight * CE + weight * loss(batch)``; the recipe of the method's paper (what it
+reads, its weight, the CE weight) is given when the class is registered
+(``registry.register``), so the CLI can offer sane defaults without the user
+knowing them.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class DistillLoss(nn.Module):
     trainable parts (regressors, embedders, memory banks) in `setup()`, which runs at the end of __init__."""
 
     name: ClassVar[str]
-    uses: ClassVar[str]  # "logits" | "embedding" | "taps"
+    uses: ClassVar[str]  # "logits" | "embedding" | "taps"; these three are set by registry.register
     default_weight: ClassVar[float]
     ce_weight: ClassVar[float]
     hparams: ClassVar[dict[str, float | int]] = {}

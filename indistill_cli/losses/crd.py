@@ -89,13 +89,10 @@ def _from_all_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-@register("crd")
+@register("crd", uses="embedding", default_weight=0.8, ce_weight=1.0)
 class CRD(DistillLoss):
     """NCE between projected student/teacher embeddings with memory-bank negatives."""
 
-    uses = "embedding"
-    default_weight = 0.8
-    ce_weight = 1.0
     hparams = {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "seed": 0}
 
     memory_s: torch.Tensor

@@ -64,13 +64,10 @@ def dkd_loss(
     return alpha * tckd + beta * nckd
 
 
-@register("dkd")
+@register("dkd", uses="logits", default_weight=1.0, ce_weight=1.0)
 class DKD(DistillLoss):
     """Target-class and non-target-class KD with independent weights."""
 
-    uses = "logits"
-    default_weight = 1.0
-    ce_weight = 1.0
     hparams = {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20}
 
     def warmup_factor(self, epoch: int) -> float:

@@ -32,14 +32,9 @@ def _as_map(x: torch.Tensor) -> torch.Tensor:
     return x[:, :, None, None] if x.dim() == 2 else x
 
 
-@register("fitnet")
+@register("fitnet", uses="taps", default_weight=100.0, ce_weight=1.0)
 class FitNet(DistillLoss):
     """MSE between regressed student taps and teacher taps."""
-
-    uses = "taps"
-    default_weight = 100.0
-    ce_weight = 1.0
-    hparams: dict[str, float | int] = {}
 
     def setup(self) -> None:
         if not self.s_shapes:

@@ -27,13 +27,10 @@ def kd_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float) ->
     return kl * temperature**2
 
 
-@register("kd")
+@register("kd", uses="logits", default_weight=0.9, ce_weight=0.1)
 class KD(DistillLoss):
     """Match the teacher's temperature-softened class distribution."""
 
-    uses = "logits"
-    default_weight = 0.9
-    ce_weight = 0.1
     hparams = {"temperature": 4.0}
 
     def forward(self, b: KDBatch) -> torch.Tensor:

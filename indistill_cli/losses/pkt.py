@@ -76,10 +76,6 @@ def pkt_cosine(s: torch.Tensor, t: torch.Tensor, eps: float = 1e-7) -> torch.Ten
 class _PKTBase(DistillLoss):
     """Shared forward of both PKT variants: the divergence `kernel_loss` between embedding batches."""
 
-    uses = "embedding"
-    ce_weight = 1.0
-    hparams: dict[str, float | int] = {}
-
     @staticmethod
     def kernel_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -88,17 +84,15 @@ class _PKTBase(DistillLoss):
         return self.kernel_loss(b.student.feats[0], teacher_view(b.teacher.feats[0]))
 
 
-@register("pkt")
+@register("pkt", uses="embedding", default_weight=1.0, ce_weight=1.0)
 class PKT(_PKTBase):
     """InDistill's combined cosine + distance-kernel PKT (symmetric divergence)."""
 
-    default_weight = 1.0
     kernel_loss = staticmethod(pkt_combined)
 
 
-@register("pkt-cosine")
+@register("pkt-cosine", uses="embedding", default_weight=30000.0, ce_weight=1.0)
 class PKTCosine(_PKTBase):
     """Original PKT: KL between cosine-kernel conditional probabilities."""
 
-    default_weight = 30000.0
     kernel_loss = staticmethod(pkt_cosine)

@@ -14,20 +14,19 @@ from indistill_cli.losses.base import USES, DistillLoss
 _REGISTRY: dict[str, type[DistillLoss]] = {}
 
 
-def register(name: str) -> Callable[[type[DistillLoss]], type[DistillLoss]]:
-    """Class decorator: make ``cls`` available as ``get(name)`` and set ``cls.name``."""
+def register(name: str, *, uses: str, default_weight: float,
+             ce_weight: float) -> Callable[[type[DistillLoss]], type[DistillLoss]]:
+    """Class decorator: make ``cls`` available as ``get(name)`` with its paper's recipe: what it reads
+    (``uses``: logits, embedding or taps), its default weight and the CE weight that goes with it."""
 
     def deco(cls: type[DistillLoss]) -> type[DistillLoss]:
         if not (isinstance(cls, type) and issubclass(cls, DistillLoss)):
             raise TypeError(f"{cls!r} is not a DistillLoss subclass")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"loss name {name!r} already registered by {_REGISTRY[name]!r}")
-        for attr in ("uses", "default_weight", "ce_weight", "hparams"):
-            if not hasattr(cls, attr):
-                raise TypeError(f"{cls.__name__} must define class attribute {attr!r}")
-        if cls.uses not in USES:
-            raise ValueError(f"{cls.__name__}.uses must be one of {USES}, got {cls.uses!r}")
-        cls.name = name
+        if uses not in USES:
+            raise ValueError(f"{cls.__name__}: uses must be one of {USES}, got {uses!r}")
+        cls.name, cls.uses, cls.default_weight, cls.ce_weight = name, uses, default_weight, ce_weight
         _REGISTRY[name] = cls
         return cls
 

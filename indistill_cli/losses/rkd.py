@@ -42,13 +42,10 @@ def angles(e: torch.Tensor) -> torch.Tensor:
     return diff @ diff.transpose(1, 2)
 
 
-@register("rkd")
+@register("rkd", uses="embedding", default_weight=1.0, ce_weight=1.0)
 class RKD(DistillLoss):
     """Transfer the geometry (distances and angles) of the teacher's embedding."""
 
-    uses = "embedding"
-    default_weight = 1.0
-    ce_weight = 1.0
     hparams = {"distance_weight": 25.0, "angle_weight": 50.0}
 
     def forward(self, b: KDBatch) -> torch.Tensor:

@@ -24,14 +24,9 @@ def similarity(f: torch.Tensor) -> torch.Tensor:
     return F.normalize(f @ f.t(), dim=1)
 
 
-@register("sp")
+@register("sp", uses="taps", default_weight=3000.0, ce_weight=1.0)
 class SP(DistillLoss):
     """Inputs similar for the teacher should be similar for the student."""
-
-    uses = "taps"
-    default_weight = 3000.0
-    ce_weight = 1.0
-    hparams: dict[str, float | int] = {}
 
     def forward(self, b: KDBatch) -> torch.Tensor:
         total = b.student.logits.new_zeros(())
