@@ -26,33 +26,30 @@ def inspect(checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, or 
     run(body, o["json_out"], quiet=o["json_out"])
 
 
-@command(app, ("json_out",))
-def models(**o: Any) -> None:
-    """List the native architectures with parameters, taps and embedding size.
+def _listing(name: str, doc: str, build: str) -> None:
+    """A read-only listing command: a table on stderr, the rows as JSON with --json."""
+    def listing(**o: Any) -> None:
+        def body() -> Any:
+            from indistill_cli.stages import inspect as views
+
+            return getattr(views, build)()
+
+        run(body, o["json_out"], quiet=o["json_out"])
+
+    listing.__name__ = listing.__qualname__ = name
+    listing.__doc__ = doc
+    command(app, ("json_out",))(listing)
+
+
+_listing("models", """List the native architectures with parameters, taps and embedding size.
 
     Example:
 
         indistill models
-    """
-    def body() -> Any:
-        from indistill_cli.stages.inspect import list_models_table
-
-        return list_models_table()
-
-    run(body, o["json_out"], quiet=o["json_out"])
-
-
-@command(app, ("json_out",))
-def datasets(**o: Any) -> None:
-    """List the built-in datasets and which are available locally (nothing is downloaded).
+    """, "list_models_table")
+_listing("datasets", """List the built-in datasets and which are available locally (nothing is downloaded).
 
     Example:
 
         indistill datasets
-    """
-    def body() -> Any:
-        from indistill_cli.stages.inspect import list_datasets
-
-        return list_datasets()
-
-    run(body, o["json_out"], quiet=o["json_out"])
+    """, "list_datasets")

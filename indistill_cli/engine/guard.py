@@ -10,7 +10,6 @@ not undone, and the last good state is the newest one saved.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn as nn

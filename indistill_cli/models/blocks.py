@@ -7,6 +7,13 @@ from collections.abc import Callable
 import torch.nn as nn
 
 
+def blocks_per_stage(depth: int, extra: int, family: str) -> int:
+    """Residual families of depth 6n + extra have n blocks per stage."""
+    if (depth - extra) % 6:
+        raise ValueError(f"{family} depth must be 6n+{extra}")
+    return (depth - extra) // 6
+
+
 def add_stages(net: nn.Module, block: Callable[[int, int, int], nn.Module], widths: list[int], n: int,
                prefix: str) -> int:
     """Stages `prefix1..` of `n` blocks each at widths[1:], the first block of every stage but the first

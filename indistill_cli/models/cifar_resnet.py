@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn as nn
 from torch import Tensor
 
-from indistill_cli.models.blocks import add_stages, kaiming_convs
+from indistill_cli.models.blocks import add_stages, blocks_per_stage, kaiming_convs
 from indistill_cli.models.registry import register, scaled
 
 
@@ -36,9 +36,7 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     def __init__(self, depth: int, widths: list[int], in_channels: int, num_classes: int) -> None:
         super().__init__()
-        if (depth - 2) % 6:
-            raise ValueError("CIFAR ResNet depth must be 6n+2")
-        n = (depth - 2) // 6
+        n = blocks_per_stage(depth, 2, "CIFAR ResNet")
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn as nn
 from torch import Tensor
 
-from indistill_cli.models.blocks import add_stages, kaiming_convs
+from indistill_cli.models.blocks import add_stages, blocks_per_stage, kaiming_convs
 from indistill_cli.models.registry import register, scaled
 
 
@@ -33,9 +33,7 @@ class WideBlock(nn.Module):
 class WideResNet(nn.Module):
     def __init__(self, depth: int, widths: list[int], in_channels: int, num_classes: int) -> None:
         super().__init__()
-        if (depth - 4) % 6:
-            raise ValueError("WRN depth must be 6n+4")
-        n = (depth - 4) // 6
+        n = blocks_per_stage(depth, 4, "WRN")
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         cin = add_stages(self, WideBlock, widths, n, "block")
         self.bn = nn.BatchNorm2d(cin)

@@ -9,7 +9,6 @@ and re-used (`--export` / `--index`), and `--query IMAGE` turns the model into a
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
