@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,13 +33,21 @@ DATA = ("--data", "synthetic:1x28x28:10:160", "--val-fraction", "0.2", "--batch-
 # ----------------------------------------------------------------------------- torchrun, the real CLI
 
 def _torchrun(*args: str, cwd: Path, timeout: float = 300) -> tuple[int, str, str]:
+    """torchrun with 2 CPU ranks; on a timeout the whole process group (launcher, ranks, loader workers) is
+    killed, so a hung run leaves nothing behind, and TimeoutExpired is raised."""
     env = cli_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "indistill_cli", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                       timeout=timeout, stdin=subprocess.DEVNULL)
-    return p.returncode, p.stdout, p.stderr
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "indistill_cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=cwd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise
+    return p.returncode, out, err
 
 
 def test_torchrun_pipeline_trains_warms_up_and_distills_to_valid_checkpoints(tmp_path):

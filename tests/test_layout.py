@@ -175,3 +175,45 @@ def test_no_function_over_60_lines() -> None:
                 if n > 60:
                     long.append(f"{m}.{node.name}: {n} lines")
     assert long == []
+
+
+
+# ----------------------------------------------------------------------------- options declared once
+
+CLI_OPTIONS = Path(__file__).resolve().parent / "data" / "cli_options.json"
+
+
+def cli_options() -> dict:
+    """Every command's options as click sees them: name, flags, default, help, order."""
+    import typer.main
+
+    from indistill_cli.cli import app
+
+    group = typer.main.get_command(app)
+    out = {"help": group.help}
+    for name, cmd in sorted(group.commands.items()):
+        out[name] = {"help": cmd.help, "params": [
+            {"name": p.name, "opts": p.opts, "secondary": p.secondary_opts, "default": repr(p.default),
+             "help": getattr(p, "help", None), "required": p.required, "multiple": p.multiple,
+             "flag": getattr(p, "is_flag", None)} for p in cmd.params]}
+    return out
+
+
+def test_every_option_keeps_its_name_default_and_help() -> None:
+    """The commands' options as recorded before the shared declarations (rewrite the file on purpose with
+    `json.dump(cli_options(), open(CLI_OPTIONS, "w"), indent=1, sort_keys=True)` when an option changes)."""
+    assert json.loads(json.dumps(cli_options())) == json.loads(CLI_OPTIONS.read_text())
+
+
+def test_shared_options_are_declared_once_and_listed() -> None:
+    """Every declared run/optimiser option reaches a command through a group of cli/options.py, and the
+    options a resume may change are the ones their declarations mark (the set resume used to hard-code)."""
+    from indistill_cli.cli import options
+    from indistill_cli.stages.options import TUNABLE
+
+    grouped = {*options.OPTIM, *options.RUNTIME, *options.SPLIT, *options.RESUMABLE}
+    declared = set(options.RUN_PARAMS) | options.OPTIM_PARAMS
+    assert declared - grouped <= {"data", "batch_size", "eval_batch_size"}  # placed by name in the commands
+    assert grouped <= set(options.SHARED)
+    assert TUNABLE == {"lr", "precision", "device", "channels_last", "skip_nonfinite", "save_every", "state_dir",
+                       "resume", "eval_batch_size", "data_root", "deterministic", "strict"}
