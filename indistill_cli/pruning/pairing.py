@@ -35,7 +35,8 @@ def parse_pair(text: str | tuple[str, str], option: str = "--pair") -> tuple[str
 
 
 def pair_taps(teacher_spec: dict[str, Any], student_spec: dict[str, Any],
-              overrides: Iterable[str | tuple[str, str]] | None = None, option: str = "--pair") -> list[tuple[str, str]]:
+              overrides: Iterable[str | tuple[str, str]] | None = None,
+              option: str = "--pair") -> list[tuple[str, str]]:
     """Ordered (teacher_tap, student_tap) pairs, shallow to deep by student tap.
 
     Equal tap counts pair k-th with k-th. Different counts pair every tap of the side with fewer taps

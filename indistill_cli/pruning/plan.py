@@ -38,7 +38,8 @@ KEEP_PREFIX = "keep/"
 def check_method(criterion: str, mode: str) -> None:
     """--criterion and --mode name a known importance criterion and pruning mode."""
     if criterion not in CRITERIA:
-        raise BadInput(f"--criterion must be one of {', '.join(CRITERIA)}, got '{criterion}'{did_you_mean(criterion, CRITERIA)}")
+        raise BadInput(f"--criterion must be one of {', '.join(CRITERIA)}, got '{criterion}'"
+                       f"{did_you_mean(criterion, CRITERIA)}")
     if mode not in MODES:
         raise BadInput(f"--mode must be probe or chained, got '{mode}'{did_you_mean(mode, MODES)}")
 

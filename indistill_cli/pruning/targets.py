@@ -1,9 +1,10 @@
 """The pruned teacher's targets for a student: paired taps, the teacher's maps at the kept channels.
 
 Shared by `warmup` (the training targets and the per-epoch curves), `distill --flow-teacher` and
-`evaluate --teacher` (the information-flow view; its MSE is `metrics.flow`). Teacher targets are the real eval-mode teacher activations at each paired
-tap, restricted to the channels pruning kept (probe mode) or taken from a structurally pruned
-teacher (chained mode); they are computed under inference_mode and never require grad.
+`evaluate --teacher` (the information-flow view; its MSE is `metrics.flow`). Teacher targets are the
+real eval-mode teacher activations at each paired tap, restricted to the channels pruning kept (probe
+mode) or taken from a structurally pruned teacher (chained mode); they are computed under
+inference_mode and never require grad.
 """
 
 from __future__ import annotations

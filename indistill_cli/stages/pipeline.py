@@ -166,9 +166,9 @@ def _teacher_stage(cfg: PipelineConfig, stages: list[PlannedStage]) -> str:
         return cfg.teacher
     teacher = _file(cfg, "teacher.safetensors")
     stages.append(PlannedStage("teacher", "teacher.safetensors", cfg.teacher_epochs,
-                        {"arch": cfg.teacher, "epochs": cfg.teacher_epochs, **cfg.teacher_optim.as_dict()}, [],
-                        lambda: run_train(cfg.teacher, teacher, cfg.teacher_epochs, cfg.teacher_optim, cfg.opts,
-                                          force=True)))
+                               {"arch": cfg.teacher, "epochs": cfg.teacher_epochs, **cfg.teacher_optim.as_dict()}, [],
+                               lambda: run_train(cfg.teacher, teacher, cfg.teacher_epochs, cfg.teacher_optim, cfg.opts,
+                                                 force=True)))
     return teacher
 
 
@@ -178,13 +178,13 @@ def _aux_stages(cfg: PipelineConfig, teacher: str, stages: list[PlannedStage]) -
         return teacher
     aux_ce, aux, o = _file(cfg, "aux_ce.safetensors"), _file(cfg, "aux.safetensors"), cfg.opts
     stages.append(PlannedStage("aux-train", "aux_ce.safetensors", cfg.aux_epochs,
-                        {"arch": cfg.aux, "epochs": cfg.aux_epochs, **cfg.teacher_optim.as_dict()}, [],
-                        lambda: run_train(cfg.aux, aux_ce, cfg.aux_epochs, cfg.teacher_optim, o, force=True)))
+                               {"arch": cfg.aux, "epochs": cfg.aux_epochs, **cfg.teacher_optim.as_dict()}, [],
+                               lambda: run_train(cfg.aux, aux_ce, cfg.aux_epochs, cfg.teacher_optim, o, force=True)))
     stages.append(PlannedStage("aux-pkt", "aux.safetensors", cfg.aux_epochs,
-                        {"method": "pkt", "ce": 0.0, "epochs": cfg.aux_epochs, **cfg.aux_optim.as_dict()},
-                        [teacher, aux_ce],
-                        lambda: run_distill(teacher, aux_ce, aux, ["pkt"], [], 0.0, [], None, cfg.aux_epochs,
-                                            cfg.aux_optim, o, force=True)))
+                               {"method": "pkt", "ce": 0.0, "epochs": cfg.aux_epochs, **cfg.aux_optim.as_dict()},
+                               [teacher, aux_ce],
+                               lambda: run_distill(teacher, aux_ce, aux, ["pkt"], [], 0.0, [], None, cfg.aux_epochs,
+                                                   cfg.aux_optim, o, force=True)))
     return aux
 
 
@@ -198,28 +198,29 @@ def _student_stages(cfg: PipelineConfig, source: str, stages: list[PlannedStage]
     if cfg.warmup:
         warm = p("student_warm.safetensors")
         stages.append(PlannedStage("prune", "teacher_pruned.safetensors", 0,
-                            {"like": cfg.student, "criterion": cfg.criterion, "mode": cfg.prune_mode}, [source],
-                            lambda: run_prune(source, cfg.student, pruned, o, cfg.criterion, cfg.prune_mode,
-                                              data_given=True, force=True)))
+                                   {"like": cfg.student, "criterion": cfg.criterion, "mode": cfg.prune_mode}, [source],
+                                   lambda: run_prune(source, cfg.student, pruned, o, cfg.criterion, cfg.prune_mode,
+                                                     data_given=True, force=True)))
         warm_optim = OptimConfig(**{**student_optim.as_dict(), "plan_epochs": warm_n + kd_n}) if continuous \
             else cfg.warmup_optim
         stages.append(PlannedStage("warmup", "student_warm.safetensors", warm_n,
-                            {"student": cfg.student, "a": cfg.a, "b": cfg.b, "epochs_per_tap": cfg.epochs_per_tap,
-                             **warm_optim.as_dict()}, [pruned],
-                            lambda: run_warmup(pruned, cfg.student, warm, warm_optim, o, cfg.a, cfg.b,
-                                               cfg.epochs_per_tap, plot=p("flow.png"), force=True)))
+                                   {"student": cfg.student, "a": cfg.a, "b": cfg.b,
+                                    "epochs_per_tap": cfg.epochs_per_tap, **warm_optim.as_dict()}, [pruned],
+                                   lambda: run_warmup(pruned, cfg.student, warm, warm_optim, o, cfg.a, cfg.b,
+                                                      cfg.epochs_per_tap, plot=p("flow.png"), force=True)))
         student_in = warm
     final = p("student.safetensors")
     flow_teacher = pruned if cfg.warmup else None
     stages.append(PlannedStage("distill", "student.safetensors", kd_n,
-                        {"student": cfg.student, "methods": cfg.methods, "params": cfg.params, "ce": cfg.ce,
-                         "epochs": kd_n, "continue_plan": continuous, "select": cfg.select,
-                         "keep_flow": cfg.keep_flow, "keep_flow_decay": cfg.keep_flow_decay,
-                         **student_optim.as_dict()}, [source, student_in],
-                        lambda: run_distill(source, student_in, final, cfg.methods, cfg.params, cfg.ce, [], None,
-                                            None if continuous else kd_n, student_optim, o, force=True,
-                                            flow_teacher=flow_teacher, select=cfg.select, continue_plan=continuous,
-                                            keep_flow=cfg.keep_flow, keep_flow_decay=cfg.keep_flow_decay)))
+                               {"student": cfg.student, "methods": cfg.methods, "params": cfg.params, "ce": cfg.ce,
+                                "epochs": kd_n, "continue_plan": continuous, "select": cfg.select,
+                                "keep_flow": cfg.keep_flow, "keep_flow_decay": cfg.keep_flow_decay,
+                                **student_optim.as_dict()}, [source, student_in],
+                               lambda: run_distill(source, student_in, final, cfg.methods, cfg.params, cfg.ce, [], None,
+                                                   None if continuous else kd_n, student_optim, o, force=True,
+                                                   flow_teacher=flow_teacher, select=cfg.select,
+                                                   continue_plan=continuous, keep_flow=cfg.keep_flow,
+                                                   keep_flow_decay=cfg.keep_flow_decay)))
     return final
 
 
@@ -229,12 +230,12 @@ def _report_stages(cfg: PipelineConfig, final: str, stages: list[PlannedStage]) 
     eval_opts = RunOptions(**{**o.as_dict(), "augment": False})
     flow = _file(cfg, "teacher_pruned.safetensors") if cfg.warmup else None
     stages.append(PlannedStage("evaluate", "evaluate.json", 0, {"split": "test"}, [final],
-                        lambda: run_evaluate(final, "test", eval_opts, teacher=flow)))
+                               lambda: run_evaluate(final, "test", eval_opts, teacher=flow)))
     if cfg.retrieve:
         ret_opts = RunOptions(**{**o.as_dict(), "val_fraction": 0.0})
         stages.append(PlannedStage("retrieve", "retrieve.json", 0, {"metric": "both", "k": [100]}, [final],
-                            lambda: run_retrieve(final, ret_opts, None, "train", "test", "both", "exact", [100],
-                                                 None, None, None, 10, None)))
+                                   lambda: run_retrieve(final, ret_opts, None, "train", "test", "both", "exact", [100],
+                                                        None, None, None, 10, None)))
 
 
 def warmup_epochs(cfg: PipelineConfig) -> int:

@@ -51,7 +51,8 @@ class Train(Stage):
             model = self.model = model.to(memory_format=torch.channels_last)
         progress.info(f"train {m.name} on {s.ds.info.name} ({len(s.ds.train)} train / "
                       f"{len(s.ds.val) if s.ds.val is not None else 0} val) on {s.rt.describe()}")
-        progress.info(f"{m.name} sees {s.ds.info.serving()}: " + describe(m.model, m.spec, s.ds.info.stored_size)["text"])
+        sees = describe(m.model, m.spec, s.ds.info.stored_size)["text"]
+        progress.info(f"{m.name} sees {s.ds.info.serving()}: {sees}")
         res = self.res = fit_ce(model, m.spec, s, self.epochs, self.optim, f"train {m.name}", state=self.state,
                                 select=self.select)
         self.wall_s = self.wall()
