@@ -42,7 +42,23 @@ def main(out: str, total: int, warm: int) -> None:
                       f"[95% CI {d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]; details: {STUDY.parent / 'results.md'}")
     else:
         print(f"(the effect study's results are not in this checkout: {STUDY})")
-    print(f"\nper-tap MSE curves of the warmup: {out}/indistill/flow.png; all checkpoints: {out}/")
+    figure = flow_figure(out, warm)
+    print(f"\nper-tap MSE to the pruned teacher through training, with vs without the warmup (the paper's "
+          f"Figure 4): {figure}; all checkpoints: {out}/")
+
+
+def flow_figure(out: str, warm: int) -> str:
+    """Both students' per-tap validation MSE to the pruned teacher, on one axis of student epochs."""
+    from indistill_cli.io.checkpoint import load_checkpoint
+    from indistill_cli.io.history import flow_curves
+    from indistill_cli.io.plots import plot_flow
+
+    ind, n_warm = flow_curves(load_checkpoint(f"{out}/indistill/student.safetensors").history)
+    kd, _ = flow_curves(load_checkpoint(f"{out}/kd/student.safetensors").history)
+    path = f"{out}/flow_with_vs_without_warmup.png"
+    plot_flow(ind, path, "per-tap MSE to the pruned teacher: InDistill + KD vs KD alone (dashed)",
+              [("warmup", 1, n_warm)], compare=kd, compare_label="KD alone")
+    return path
 
 
 if __name__ == "__main__":

@@ -292,6 +292,26 @@ def test_pipeline_budget_views(teacher, tmp_path, budget, kd) -> None:  # noqa: 
     assert d["plan"] == {"epochs": 3 + kd, "offset": 3, "continued": True} and d["epochs_run"] == kd
     manifest = json.loads((tmp_path / "p" / "pipeline.json").read_text())
     assert manifest["stages"]["warmup"]["summary"]["plan"].endswith("student_warm.plan.safetensors")
+    from indistill_cli.io.checkpoint import load_checkpoint
+    from indistill_cli.io.history import flow_curves
+
+    curves, n_warm = flow_curves(load_checkpoint(str(tmp_path / "p" / "student.safetensors")).history)
+    assert n_warm == 3 and set(curves) == {"block1", "block2", "block3"}
+    assert all(len(c) == 1 + 3 + kd for c in curves.values())  # untrained, warmup epochs, KD epochs
+    assert (tmp_path / "p" / "flow.png").stat().st_size > 10_000
+
+
+def test_pipeline_without_warmup_still_records_the_flow(teacher, tmp_path) -> None:  # noqa: F811
+    """--no-warmup prunes the teacher for the flow view alone: the KD stage's per-tap MSE (Figure 4's baseline)."""
+    r = _ok("pipeline", "-t", teacher, "-s", "cnn3-w0.5", "--epochs", "2", "--no-warmup", "--no-retrieve",
+            "-o", tmp_path / "p")
+    assert r["stages"] == ["prune", "distill", "evaluate"] and r["budget"]["view"] == "no-warmup"
+    from indistill_cli.io.checkpoint import load_checkpoint
+    from indistill_cli.io.history import flow_curves
+
+    curves, n_warm = flow_curves(load_checkpoint(str(tmp_path / "p" / "student.safetensors")).history)
+    assert n_warm == 0 and all(len(c) == 3 for c in curves.values())
+    assert "flow" in r["results"]["evaluate"]
 
 
 def test_pipeline_equal_budget_needs_room_for_kd(teacher, tmp_path) -> None:  # noqa: F811

@@ -12,7 +12,7 @@ from indistill_cli.cli.options import RUNTIME, SPLIT, command, optim_config, ove
 
 @command(app, ("teacher", "student", "out", "data", "teacher_epochs", "aux", "aux_epochs", "criterion", "prune_mode",
                "a", "b", "epochs_per_tap", "method", "param", "ce", "epochs", "budget", "schedule_mode", "keep_flow",
-               "keep_flow_decay", "select", "warmup_stage", "retrieval", "resume", "skip_nonfinite", "save_every",
+               "keep_flow_decay", "flow", "select", "warmup_stage", "retrieval", "resume", "skip_nonfinite", "save_every",
                "strict", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "milestones", "teacher_optimizer",
                "teacher_lr", "teacher_schedule", *RUNTIME, *SPLIT, "json_out", "quiet"),
          weight_decay=0.0,
@@ -44,15 +44,15 @@ def pipeline(
     ce: Annotated[Optional[float], typer.Option(help="CE weight in distill (default: the method's recipe).")] = None,
     epochs: Annotated[int, typer.Option("--epochs", "-e", help="Student epochs: in all, warmup included "
                                         "(--budget equal), or of KD after the warmup (--budget added).")] = 30,
-    budget: Annotated[str, typer.Option(help="equal: the warmup's epochs count inside --epochs (the strict "
-                                        "comparison with --no-warmup); added: they run before an unchanged KD "
-                                        "schedule of --epochs (compare with --no-warmup --epochs E+W).")] = "equal",
-    schedule_mode: Annotated[str, typer.Option(help="continuous: warmup and KD are one run of one optimiser and "
-                                               "lr plan (the reference); separate: KD restarts its optimiser.")]
-    = "continuous",
+    budget: Annotated[str, typer.Option(help="equal: the warmup's epochs count inside --epochs (compare with "
+                                        "--no-warmup); added: they precede --epochs of KD (vs --epochs E+W).")] = "equal",
+    schedule_mode: Annotated[str, typer.Option(help="continuous: warmup and KD share one optimiser and lr plan "
+                                               "(the reference); separate: KD restarts them.")] = "continuous",
     keep_flow: Annotated[float, typer.Option(help="Ours, not in the paper: keep the warmup's per-tap MSE in the KD "
                                              "loss with this weight (see distill --keep-flow). 0: off.")] = 0.0,
     keep_flow_decay: Annotated[float, typer.Option(help="Per-epoch factor of the --keep-flow weight.")] = 1.0,
+    flow: Annotated[bool, typer.Option("--flow/--no-flow", help="Record the per-tap MSE to the pruned teacher "
+                                       "every epoch (flow.png; pruned for this alone with --no-warmup).")] = True,
     warmup_stage: Annotated[bool, typer.Option("--warmup/--no-warmup", help="--no-warmup: the same chain without "
                                                                             "InDistill, for comparison.")] = True,
     retrieval: Annotated[bool, typer.Option("--retrieve/--no-retrieve", help="Retrieval evaluation at the end.")] = True,
@@ -81,6 +81,6 @@ def pipeline(
             criterion=criterion, prune_mode=prune_mode, a=a, b=b, epochs_per_tap=epochs_per_tap,
             methods=method or ["kd"], params=param or [], ce=ce, distill_epochs=epochs, distill_optim=optim_config(o),
             warmup=warmup_stage, retrieve=retrieval, resume=resume, budget=budget, schedule_mode=schedule_mode,
-            select=o["select"], keep_flow=keep_flow, keep_flow_decay=keep_flow_decay))
+            select=o["select"], keep_flow=keep_flow, keep_flow_decay=keep_flow_decay, flow=flow))
 
     run(body, o["json_out"], o["quiet"])

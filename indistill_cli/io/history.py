@@ -37,6 +37,20 @@ def history_entry(stage: str, options: dict[str, Any], parents: list[dict[str, s
     return entry
 
 
+def flow_curves(history: list[dict[str, Any]]) -> tuple[dict[str, list[float]], int]:
+    """A student's per-tap validation MSE to the pruned teacher over its whole training, from its history:
+    the warmup's curves, then the KD stage's (first point dropped: it is the warmup's last), on one axis of
+    student epochs; and how many of those epochs were warmup (0 without one)."""
+    warm = next((h.get("curves") for h in history if h.get("stage") == "warmup" and h.get("curves")), None)
+    kd = next((h.get("curves") for h in reversed(history) if h.get("stage") == "distill" and h.get("curves")), None)
+    if warm is None:
+        return dict(kd or {}), 0
+    n_warm = len(next(iter(warm.values()))) - 1
+    if kd is None:
+        return dict(warm), n_warm
+    return {k: list(v) + list(kd.get(k, [])[1:]) for k, v in warm.items()}, n_warm
+
+
 def write_model(dest: str, model_state: dict[str, Any], spec: dict[str, Any], history: list[dict[str, Any]],
                 info: dict[str, Any] | None = None, role: str = "model", extras: dict[str, Any] | None = None) -> str:
     """Write a model checkpoint (a path or '-'); returns the sha256 of its bytes."""

@@ -236,7 +236,8 @@ class Distill(Stage):
         metrics = {k: summary[k] for k in SUMMARY_METRICS if summary[k] is not None}
         hist = st.history + [history_entry(
             "distill", options, [t.parent(), st.parent()], metrics, self.wall_s, s.ds.info.name,
-            from_warmup=self.from_warmup, teacher=spec_name(t.spec), curve=self.res.history, device=s.rt.describe())]
+            from_warmup=self.from_warmup, teacher=spec_name(t.spec), curve=self.res.history, device=s.rt.describe(),
+            **({"curves": summary["curves"]} if summary.get("curves") else {}))]
         summary["sha256"] = write_model(self.out, self.res.best_state, st.spec, hist, {"dataset": s.ds.info.as_dict()})
 
     def report(self, summary: dict[str, Any]) -> None:

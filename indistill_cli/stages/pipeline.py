@@ -73,6 +73,7 @@ class PipelineConfig:
     budget: str = "equal"  # equal: warmup counted inside distill_epochs; added: before an unchanged KD schedule
     schedule_mode: str = "continuous"  # continuous: warmup + KD one optimiser and lr plan; separate: two
     select: str = "auto"
+    flow: bool = True  # record the per-tap MSE to the pruned teacher through KD, also without the warmup
     keep_flow: float = 0.0  # ours, not the paper's: see distill --keep-flow
     keep_flow_decay: float = 1.0
 
@@ -195,12 +196,13 @@ def _student_stages(cfg: PipelineConfig, source: str, stages: list[PlannedStage]
     continuous = cfg.warmup and cfg.schedule_mode == "continuous"
     student_optim = with_milestone(cfg.distill_optim, warm_n + kd_n if continuous else kd_n)
     pruned, student_in = p("teacher_pruned.safetensors"), cfg.student
-    if cfg.warmup:
-        warm = p("student_warm.safetensors")
+    if cfg.warmup or cfg.flow:  # the warmup's targets; without it, the flow view's reference (Figure 4)
         stages.append(PlannedStage("prune", "teacher_pruned.safetensors", 0,
                                    {"like": cfg.student, "criterion": cfg.criterion, "mode": cfg.prune_mode}, [source],
                                    lambda: run_prune(source, cfg.student, pruned, o, cfg.criterion, cfg.prune_mode,
                                                      data_given=True, force=True)))
+    if cfg.warmup:
+        warm = p("student_warm.safetensors")
         warm_optim = OptimConfig(**{**student_optim.as_dict(), "plan_epochs": warm_n + kd_n}) if continuous \
             else cfg.warmup_optim
         stages.append(PlannedStage("warmup", "student_warm.safetensors", warm_n,
@@ -210,7 +212,7 @@ def _student_stages(cfg: PipelineConfig, source: str, stages: list[PlannedStage]
                                                       cfg.epochs_per_tap, plot=p("flow.png"), force=True)))
         student_in = warm
     final = p("student.safetensors")
-    flow_teacher = pruned if cfg.warmup else None
+    flow_teacher = pruned if cfg.warmup or cfg.flow else None
     stages.append(PlannedStage("distill", "student.safetensors", kd_n,
                                {"student": cfg.student, "methods": cfg.methods, "params": cfg.params, "ce": cfg.ce,
                                 "epochs": kd_n, "continue_plan": continuous, "select": cfg.select,
@@ -228,7 +230,7 @@ def _report_stages(cfg: PipelineConfig, final: str, stages: list[PlannedStage]) 
     """evaluate (with the flow view when warmed) and retrieve the final student."""
     o = cfg.opts
     eval_opts = RunOptions(**{**o.as_dict(), "augment": False})
-    flow = _file(cfg, "teacher_pruned.safetensors") if cfg.warmup else None
+    flow = _file(cfg, "teacher_pruned.safetensors") if cfg.warmup or cfg.flow else None
     stages.append(PlannedStage("evaluate", "evaluate.json", 0, {"split": "test"}, [final],
                                lambda: run_evaluate(final, "test", eval_opts, teacher=flow)))
     if cfg.retrieve:
@@ -322,6 +324,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     for i, s in enumerate(stages):
         results[s.name] = _run_stage(cfg, d, manifest, s, f"{i + 1}/{len(stages)}")
     final = _final_table(results, budget)
+    _plot_student_flow(cfg, d, stages)
     return {"out_dir": str(d), "stages": [s.name for s in stages], "estimate_s": est, "results": results, "final": final,
             "budget": {"view": cfg.budget if cfg.warmup else "no-warmup", "warmup_epochs": warm_n, "kd_epochs": kd_n,
                        "schedule": cfg.schedule_mode if cfg.warmup else "single", "line": budget},
@@ -361,6 +364,23 @@ def _run_stage(cfg: PipelineConfig, d: Path, manifest: dict[str, Any], s: Planne
     if main:
         atomic_write(d / MANIFEST, json.dumps(manifest, indent=1, default=str).encode())
     return small
+
+
+def _plot_student_flow(cfg: PipelineConfig, d: Path, stages: list[PlannedStage]) -> None:
+    """flow.png: the student's per-tap MSE to the pruned teacher through warmup and KD (the paper's Figure 4
+    for this run; a `--no-warmup` run draws the KD stage alone, for comparison)."""
+    student = d / "student.safetensors"
+    if not progress.main_process() or not student.exists() or "prune" not in [s.name for s in stages]:
+        return
+    from indistill_cli.io.checkpoint import load_checkpoint
+    from indistill_cli.io.history import flow_curves
+    from indistill_cli.io.plots import plot_flow
+
+    curves, n_warm = flow_curves(load_checkpoint(str(student)).history)
+    if curves:
+        spans = [("warmup", 1, n_warm)] if n_warm else []
+        plot_flow(curves, d / "flow.png", f"per-tap MSE to the pruned teacher: {cfg.student}"
+                  f"{', warmup + KD' if n_warm else ', KD without warmup'}", spans)
 
 
 def _final_table(results: dict[str, Any], budget: str) -> dict[str, Any]:
