@@ -5,9 +5,9 @@ is one new file with a `@register("name", uses=..., default_weight=..., ce_weigh
 `forward(b: KDBatch)` returns the term) and its import below.
 """
 
-from indistill_cli.losses.base import DistillLoss, Feats, KDBatch  # noqa: F401
+from indistill_cli.losses.base import DistillLoss, Feats, KDBatch, Phase  # noqa: F401
 from indistill_cli.losses.registry import get, names, register  # noqa: F401
 
-from indistill_cli.losses import at, crd, dkd, fitnet, kd, pkt, rkd, sp  # noqa: E402,F401,I001
+from indistill_cli.losses import at, crd, dist, dkd, fitnet, kd, ls, mlkd, pkt, rkd, sp  # noqa: E402,F401,I001
 
-__all__ = ["DistillLoss", "Feats", "KDBatch", "get", "names", "register"]
+__all__ = ["DistillLoss", "Feats", "KDBatch", "Phase", "get", "names", "register"]
