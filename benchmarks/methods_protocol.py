@@ -84,8 +84,8 @@ with the mean and the 95% t-interval (n = {len(p.seeds)} seeds, so t = {_t975(le
 consistent across seeds register). **What counts as "helped"**: the 95% t-interval of InD+M - M+W (equal total
 epochs, the primary view) lies above 0; "hurt": below 0; otherwise inconclusive. The same reading is reported for
 the warmup-added view (InD+M - M), next to its control M+W - M (what the extra epochs alone give). Each method is
-read on its own: no multiplicity correction; across the {len(rows)} rows about one "helped" or "hurt" per
-endpoint and view is expected by chance alone at the 5% level, and the report counts helped / hurt /
+read on its own: no multiplicity correction; across the {len(rows)} rows {0.05 * len(rows):.1f} "helped" or "hurt"
+per endpoint and view are expected by chance alone at the 5% level, and the report counts helped / hurt /
 inconclusive rows and rows with a positive mean difference.
 
 ## Runs
