@@ -35,7 +35,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import study  # noqa: E402
-from study import Job, opts_for, scores, student_optim, t_interval, wilcoxon_p, write_result  # noqa: E402
+from study import Job, opts_for, scores, student_optim, t_interval, wilcoxon_p  # noqa: E402
+from study import work_path as _w  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -131,26 +132,9 @@ def val_map(p: Preset, ckpt: str) -> float:
     return 100 * r["map"]
 
 
-def _w(out: Path, name: str) -> str:
-    return str(out / "work" / name)
-
-
 def run_job(preset: str, out_s: str, job: Job, threads: int) -> dict[str, Any]:
     """One unit of the study in a worker process; writes and returns its result."""
-    import torch
-
-    from indistill_cli import progress
-
-    torch.set_num_threads(threads)
-    progress.set_quiet(True)
-    p, out = PRESETS[preset], Path(out_s)
-    t0 = time.perf_counter()
-    res = _dispatch(p, out, job)
-    res.update({"job": job.name, "kind": job.kind, "seed": job.seed, "arm": job.arm, "threads": threads,
-                "wall_s": round(time.perf_counter() - t0, 1), "revision": revision(),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    write_result(out, job, res)
-    return res
+    return study.run_one(_dispatch, PRESETS[preset], out_s, job, threads, revision)
 
 
 def _dispatch(p: Preset, out: Path, job: Job) -> dict[str, Any]:

@@ -21,29 +21,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import study  # noqa: E402
-from study import Job, opts_for, scores, student_optim, t_interval, write_result  # noqa: E402
+import study  # noqa: E402 - sets HF_HUB_OFFLINE too
+from study import Job, opts_for, scores, student_optim, t_interval  # noqa: E402
+from study import work_path as _w  # noqa: E402
 
 
 @dataclass(frozen=True)
 class Preset:
     data: str
-    teacher: str
-    teacher_epochs: int
     student: str
+    teacher: str  # trained with CE here; the KD teacher of every arm, pruned as the warmup's target
+    teacher_epochs: int
     kd_epochs: int  # E
     curriculum: str  # warmup epochs per tap; W = their sum
     seeds: tuple[int, ...]
@@ -106,26 +103,9 @@ def method_args(row: str, e: int) -> tuple[str, list[str]]:
 # ------------------------------------------------------------------------------------------ runs
 
 
-def _w(out: Path, name: str) -> str:
-    return str(out / "work" / name)
-
-
 def run_job(preset: str, out_s: str, job: Job, threads: int) -> dict[str, Any]:
     """One run of the study in a worker process; writes and returns its result."""
-    import torch
-
-    from indistill_cli import progress
-
-    torch.set_num_threads(threads)
-    progress.set_quiet(True)
-    p, out = PRESETS[preset], Path(out_s)
-    t0 = time.perf_counter()
-    res = _dispatch(p, out, job)
-    res.update({"job": job.name, "kind": job.kind, "seed": job.seed, "arm": job.arm, "method": job.method,
-                "threads": threads, "wall_s": round(time.perf_counter() - t0, 1), "revision": revision(),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    write_result(out, job, res)
-    return res
+    return study.run_one(_dispatch, PRESETS[preset], out_s, job, threads, revision)
 
 
 def _dispatch(p: Preset, out: Path, job: Job) -> dict[str, Any]:

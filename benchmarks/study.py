@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import subprocess
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a study never reaches the hub
 
 
 def student_optim(total: int) -> Any:
@@ -60,11 +62,35 @@ class Job:
     method: str = ""  # methods study: the method row
 
 
-def write_result(out: Path, job: Job, res: dict[str, Any]) -> None:
+def work_path(out: Path, name: str) -> str:
+    """Where a study keeps a run's checkpoint (OUT/work/NAME)."""
+    return str(out / "work" / name)
+
+
+def run_one(dispatch: Callable[[Any, Path, Job], dict[str, Any]], p: Any, out_s: str, job: Job, threads: int,
+            revision_fn: Callable[[], str]) -> dict[str, Any]:
+    """One job in a worker process (quiet, `threads` torch threads): `dispatch` runs it; its result, with the
+    job's identity, wall time and code revision, is written to OUT/runs/NAME.json and returned."""
+    import time
+
+    import torch
+
+    from indistill_cli import progress
+
+    torch.set_num_threads(threads)
+    progress.set_quiet(True)
+    out = Path(out_s)
+    t0 = time.perf_counter()
+    res = dispatch(p, out, job)
+    res.update({"job": job.name, "kind": job.kind, "seed": job.seed, "arm": job.arm,
+                **({"method": job.method} if job.method else {}), "threads": threads,
+                "wall_s": round(time.perf_counter() - t0, 1), "revision": revision_fn(),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     path = out / "runs" / f"{job.name}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=1) + "\n")
     tmp.replace(path)
+    return res
 
 
 def execute(run_job: Callable[..., dict[str, Any]], args: tuple[Any, ...], out: Path, jobs: list[Job],

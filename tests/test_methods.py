@@ -235,8 +235,9 @@ def test_fsp_matrix_of_constant_maps_and_scaling():
 
 
 def test_fsp_needs_two_taps_and_has_connectors_where_widths_differ():
-    with pytest.raises(ValueError, match="two tap pairs"):
-        build("fsp", [(2, 2, 2)], [(2, 2, 2)])
+    for name in ("fsp", "kdsvd"):
+        with pytest.raises(ValueError, match="two tap pairs"):
+            build(name, [(2, 2, 2)], [(2, 2, 2)])
     loss = build("fsp", [(2, 4, 4), (4, 2, 2)], [(2, 4, 4), (8, 2, 2)])
     assert isinstance(loss.connectors[0], torch.nn.Identity) and loss.connectors[1][0].out_channels == 8
     assert [p.name for p in loss.phases()] == ["init"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import torch
 
 from stage_helpers import _bad, _ok, teacher  # noqa: F401 - fixtures
+from test_resume import _sigint_at_call
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -189,19 +189,6 @@ def test_methods_study_smoke_writes_results_and_resumes(tmp_path):
 # ----------------------------------------------------------------------------- resume across phases
 
 TINY = ("--data", "synthetic:1x28x28:10:160", "--val-fraction", "0.1", "--batch-size", "32", "--seed", "4")
-
-
-def _sigint_at_call(n: int):
-    """A RunState.due that sends this process SIGINT on its n-th call (i.e. during step n)."""
-    calls = {"n": 0}
-
-    def due(self):
-        calls["n"] += 1
-        if calls["n"] == n:
-            os.kill(os.getpid(), signal.SIGINT)
-        return False
-
-    return due
 
 
 @pytest.mark.parametrize("stop_at, where", [(2, "ft.paraphraser"), (7, "main")])

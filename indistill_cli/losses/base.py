@@ -196,3 +196,10 @@ def connectors(s_shapes: list[tuple[int, ...]], t_shapes: list[tuple[int, ...]],
     """One connector per tap pair: the identity where the channel counts already match, else conv_bn."""
     return nn.ModuleList(nn.Identity() if s[0] == t[0] else conv_bn(s[0], t[0], he_init)
                          for s, t in zip(s_shapes, t_shapes))
+
+
+def consecutive_connectors(loss: DistillLoss) -> nn.ModuleList:
+    """The connectors of a method that relates consecutive taps (FSP, KD-SVD): it needs two pairs at least."""
+    if len(loss.s_shapes) < 2:
+        raise ValueError(f"{loss.name} needs at least two tap pairs (it relates consecutive taps)")
+    return connectors(loss.s_shapes, loss.t_shapes)

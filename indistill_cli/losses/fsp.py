@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, Phase, connectors, match_spatial, no_term, teacher_view
+from indistill_cli.losses.base import (DistillLoss, KDBatch, Phase, consecutive_connectors, match_spatial, no_term,
+                                      teacher_view)
 from indistill_cli.losses.registry import register
 
 
@@ -49,10 +50,7 @@ class FSP(DistillLoss):
     hparams = {"init_epochs": 4}
 
     def setup(self) -> None:
-        if len(self.s_shapes) < 2:
-            raise ValueError("fsp needs at least two tap pairs (it matches consecutive taps)")
-        self.connectors = connectors(self.s_shapes, self.t_shapes)
-        self.connectors.requires_grad_(False)  # trained in the init phase only
+        self.connectors = consecutive_connectors(self).requires_grad_(False)  # trained in the init phase only
 
     def fsp(self, b: KDBatch) -> torch.Tensor:
         s_maps = [c(f) for c, f in zip(self.connectors, b.student.feats, strict=True)]

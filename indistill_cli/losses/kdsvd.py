@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, connectors, teacher_view
+from indistill_cli.losses.base import DistillLoss, KDBatch, consecutive_connectors, teacher_view
 from indistill_cli.losses.registry import register
 
 
@@ -98,9 +98,7 @@ class KDSVD(DistillLoss):
     hparams = {"k": 1}
 
     def setup(self) -> None:
-        if len(self.s_shapes) < 2:
-            raise ValueError("kdsvd needs at least two tap pairs (it relates consecutive taps)")
-        self.connectors = connectors(self.s_shapes, self.t_shapes)
+        self.connectors = consecutive_connectors(self)
 
     def forward(self, b: KDBatch) -> torch.Tensor:
         s_maps = [c(f) for c, f in zip(self.connectors, b.student.feats, strict=True)]
