@@ -222,3 +222,16 @@ def test_interrupted_in_a_phase_or_after_it_resumes_bitwise(stop_at, where, tmp_
                 for p in json.loads(summary)["phases"]]
 
     assert rows(got) == rows(ref)
+
+
+def test_phases_under_torchrun(tmp_path, cli):
+    """Under DDP a phase that trains the student (AB) leaves its head without gradients: DDP is told so."""
+    from test_ddp import _torchrun
+
+    code, _, err = cli("train", "cnn3", *TINY, "--epochs", "1", "-o", str(tmp_path / "t.safetensors"), "-q")
+    assert code == 0, err
+    code, out, err = _torchrun("distill", "-t", str(tmp_path / "t.safetensors"), "-s", "cnn3-w0.5", "-m", "ab", "-m",
+                               "ft", "--param", "ab.init_epochs=1", "--param", "ft.init_epochs=1", *TINY, "--epochs",
+                               "1", "-o", str(tmp_path / "s.safetensors"), "--json", "-q", cwd=tmp_path)
+    assert code == 0, err[-3000:]
+    assert [p["part"] for p in json.loads(out)["phases"]] == ["ab.init", "ft.paraphraser"]
