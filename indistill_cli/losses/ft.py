@@ -7,9 +7,10 @@ Kim, Park & Kwak, "Paraphrasing Complex Network: Network Compression via Factor 
 Both networks' last paired tap is compressed to a "factor" of k * C_t channels. The paraphraser is a
 convolutional autoencoder on the teacher's map (encoder: 3x3 convs C_t -> C_t -> kC_t -> kC_t;
 decoder: 3x3 transposed convs back to C_t; a LeakyReLU(0.1) after every layer, biases, no BN). The
-translator maps the student's map (pooled to the teacher's size if larger) to a factor
-(3x3 convs C_s -> C_s -> kC_t -> kC_t, LeakyReLU(0.1)). With each factor flattened and L2-normalised
-per sample, the loss is the mean absolute difference (p = 1), weight 500 with CE weight 1.
+translator maps the student's map to a factor (3x3 convs C_s -> C_s -> kC_t -> kC_t, LeakyReLU(0.1)); where
+the two maps differ in size the larger is average-pooled to the smaller first (RepDistiller). With each
+factor flattened and L2-normalised per sample, the loss is the mean absolute difference (p = 1), weight 500
+with CE weight 1.
 
 The paraphraser is trained first, as an autoencoder of the teacher's map (L1 reconstruction): the
 `paraphraser` phase, run by `distill` before its main loop for `init_epochs` epochs (default 5, the

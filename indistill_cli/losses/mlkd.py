@@ -18,6 +18,10 @@ the strong view's KD terms are taken on the same (weak) view, giving
   (rho_b + 1) sum_T KD_T + rho_c sum_T CC_T + rho_b sum_T BC_T.
 The published recipe's second, strongly augmented view (two more forward passes per step) is left
 out; expect less than the paper's gain. Weight 0.9 with CE weight 0.1 (the authors' CIFAR configs).
+
+Scale: CC and BC grow like B^2 / C (the authors' CIFAR-100 setting has B = 64, C = 100); with 10 classes and
+batch 128 they are some 40x larger, which an adaptive optimiser (Adam) absorbs but SGD at lr 0.05 does not
+(the student collapses): lower the weight or the lr there.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from indistill_cli.losses.base import PREACT, USES, DistillLoss
 _REGISTRY: dict[str, type[DistillLoss]] = {}
 
 
-def register(name: str, *, uses: str, default_weight: float, ce_weight: float, preact: str = "",
-             embedding: bool = False, cite: str = "", note: str = "") -> Callable[[type[DistillLoss]], type[DistillLoss]]:
+def register(name: str, *, uses: str, default_weight: float, ce_weight: float, preact: str = "", embedding: bool = False,
+             cite: str = "", note: str = "") -> Callable[[type[DistillLoss]], type[DistillLoss]]:
     """Class decorator: make ``cls`` available as ``get(name)`` with its paper's recipe: what it reads
     (``uses``: logits, embedding or taps; ``preact``: taps before their final ReLU, of the teacher or of
     both; ``embedding``: a taps method that also reads the embedding), its default weight and the CE

@@ -43,7 +43,8 @@ class PreActResNet18(nn.Module):
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(cin, num_classes)
         self.tap_names = ["layer1", "layer2", "layer3", "relu"]
-        self.preact_taps = {"layer1": "layer2.0.bn1", "layer2": "layer3.0.bn1", "layer3": "layer4.0.bn1", "relu": "relu:in"}
+        self.preact_taps = {"layer1": "layer2.0.bn1", "layer2": "layer3.0.bn1", "layer3": "layer4.0.bn1",
+                            "relu": "relu:in"}
         self.embedding_name = "pool"
 
     def forward(self, x: Tensor) -> Tensor:

@@ -244,7 +244,8 @@ def method_pairs(kind: str, t_spec: dict[str, Any], s_spec: dict[str, Any], tap_
     return pairs + (method_pairs("embedding", t_spec, s_spec, [], emb_pair) if embedding else [])
 
 
-def feature_shapes(model: nn.Module, names: list[str], kind: str | list[bool], x: torch.Tensor) -> list[tuple[int, ...]]:
+def feature_shapes(model: nn.Module, names: list[str], kind: str | list[bool],
+                   x: torch.Tensor) -> list[tuple[int, ...]]:
     """Per-sample shapes of the named activations (pooled to vectors for embedding methods, or where
     `kind` is a list of per-name flags)."""
     if not names:
