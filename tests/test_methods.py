@@ -436,3 +436,11 @@ def test_a_batch_of_one_is_finite(name):
         loss.eval()
     val = loss(batch(rand(1, 5), rand(1, 5, seed=3), s_feats, t_feats, epoch=30))
     assert torch.isfinite(val), name
+
+
+def test_kd_records_ctkd_settings_only_when_the_temperature_is_learned():
+    kd = losses.get("kd")
+    assert kd.recorded_hparams({"temperature": 2.0}) == {"temperature": 2.0}
+    on = kd.recorded_hparams({"learnable_temperature": 1.0})
+    assert on["learnable_temperature"] == 1.0 and on["t_end"] == 20.0 and on["grl_epochs"] == 10
+    assert losses.get("dkd").recorded_hparams({}) == {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20}

@@ -115,6 +115,12 @@ class DistillLoss(nn.Module):
     def forward(self, b: KDBatch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @classmethod
+    def recorded_hparams(cls, given: dict[str, float]) -> dict[str, float | int]:
+        """The hyper-parameters that shape a run, as its summary and history record them: the defaults with
+        the given values (a method may leave out the settings of an option that is off)."""
+        return {**cls.hparams, **given}
+
     def phases(self) -> list[Phase]:
         """The method's own stages before the main loop (none by default)."""
         return []

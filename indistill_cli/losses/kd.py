@@ -34,6 +34,9 @@ def kd_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float | t
     return kl * temperature**2
 
 
+CTKD_KEYS = ("learnable_temperature", "t_start", "t_end", "grl_epochs", "grl_max", "temperature_lr")
+
+
 @register("kd", uses="logits", default_weight=0.9, ce_weight=0.1,
           cite="Hinton et al., NIPS-W 2014 (arXiv:1503.02531); CTKD: Li et al., AAAI 2023")
 class KD(DistillLoss):
@@ -41,6 +44,12 @@ class KD(DistillLoss):
 
     hparams = {"temperature": 4.0, "learnable_temperature": 0, "t_start": 1.0, "t_end": 20.0, "grl_epochs": 10,
                "grl_max": 1.0, "temperature_lr": 1.0}
+
+    @classmethod
+    def recorded_hparams(cls, given: dict[str, float]) -> dict[str, float | int]:
+        """Without the learnable temperature, CTKD's settings shape nothing: they are left out of the record."""
+        hp = super().recorded_hparams(given)
+        return hp if hp["learnable_temperature"] else {k: v for k, v in hp.items() if k not in CTKD_KEYS}
 
     def setup(self) -> None:
         self.ctkd: CurriculumTemperature | None = None

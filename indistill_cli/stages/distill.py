@@ -212,7 +212,7 @@ class Distill(Stage):
     def summarise(self, res: FitResult, kept: bool) -> dict[str, Any]:
         self.wall_s, optim = self.wall(), self.optim
         self.method_rec = [{"name": m.name, "weight": m.weight, "uses": losses.get(m.name).uses,
-                            "hparams": {**losses.get(m.name).hparams, **m.hparams},
+                            "hparams": losses.get(m.name).recorded_hparams(m.hparams),
                             "pairs": [list(p) for p in pairs]} for m, pairs in zip(self.specs, self.pairs)]
         best = res.history[res.best_epoch - 1] if res.history else {}
         summary = {"stage": "distill", "teacher": self.teacher_r.name, "student": self.student_r.name,
