@@ -25,14 +25,18 @@ import os
 import statistics
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import study  # noqa: E402
+from study import Job, opts_for, scores, student_optim, t_interval, wilcoxon_p  # noqa: E402
+from study import work_path as _w  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -113,34 +117,6 @@ def arm_epochs(p: Preset, arm: str) -> int:
 # ------------------------------------------------------------------------------------------ runs
 
 
-def student_optim(total: int) -> Any:
-    """The reference student schedule over `total` epochs: Adam 1e-3, no weight decay, x0.1 for the last seventh."""
-    from indistill_cli.engine.schedule import OptimConfig
-    from indistill_cli.stages.pipeline import reference_student_optim, with_milestone
-
-    return with_milestone(reference_student_optim(), total)
-
-
-def opts_for(p: Preset, seed: int, **kw: Any) -> Any:
-    from indistill_cli.stages.options import RunOptions
-
-    return RunOptions(**{"data": p.data, "val_fraction": p.val_fraction, "batch_size": p.batch_size, "seed": seed,
-                         "device": p.device, "save_every": 0, **kw})
-
-
-def scores(p: Preset, ckpt: str) -> dict[str, float]:
-    """Test top-1 and the paper's retrieval endpoints (train split as the database, test as queries)."""
-    from indistill_cli.stages.evaluate import run_evaluate
-    from indistill_cli.stages.retrieve import run_retrieve
-
-    ev = run_evaluate(ckpt, "test", opts_for(p, 0, augment=False), per_class=False)
-    rt = run_retrieve(ckpt, opts_for(p, 0, val_fraction=0.0), None, "train", "test", "both", "exact", [100],
-                      None, None, None, 10, None)
-    m = rt["metrics"]
-    return {"top1": 100 * ev["top1"], "map_cosine": 100 * m["cosine"]["map"],
-            "map_euclidean": 100 * m["euclidean"]["map"], "p100_cosine": 100 * m["cosine"]["precision@100"]}
-
-
 def val_map(p: Preset, ckpt: str) -> float:
     """Validation retrieval mAP (cosine, the validation split searched in itself, leave-one-out): what the
     gap check and the pilot use, so no decision looks at the test split."""
@@ -156,39 +132,9 @@ def val_map(p: Preset, ckpt: str) -> float:
     return 100 * r["map"]
 
 
-@dataclass
-class Job:
-    name: str  # unique; its result is OUT/runs/<name>.json
-    kind: str  # teacher | aux-ce | aux-pkt | prune | gap | warmup | arm | pilot
-    seed: int = 0
-    arm: str = ""
-    keep: tuple[float, float] = (0.0, 1.0)
-    deps: list[str] = field(default_factory=list)
-
-
-def _w(out: Path, name: str) -> str:
-    return str(out / "work" / name)
-
-
 def run_job(preset: str, out_s: str, job: Job, threads: int) -> dict[str, Any]:
     """One unit of the study in a worker process; writes and returns its result."""
-    import torch
-
-    from indistill_cli import progress
-
-    torch.set_num_threads(threads)
-    progress.set_quiet(True)
-    p, out = PRESETS[preset], Path(out_s)
-    t0 = time.perf_counter()
-    res = _dispatch(p, out, job)
-    res.update({"job": job.name, "kind": job.kind, "seed": job.seed, "arm": job.arm, "threads": threads,
-                "wall_s": round(time.perf_counter() - t0, 1), "revision": revision(),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    path = out / "runs" / f"{job.name}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1) + "\n")
-    tmp.replace(path)
-    return res
+    return study.run_one(_dispatch, PRESETS[preset], out_s, job, threads, revision)
 
 
 def _dispatch(p: Preset, out: Path, job: Job) -> dict[str, Any]:
@@ -275,36 +221,6 @@ def arm_jobs(p: Preset, keep: tuple[float, float]) -> list[Job]:
     return jobs
 
 
-def execute(preset: str, out: Path, jobs: list[Job], n_workers: int, threads: int) -> dict[str, dict[str, Any]]:
-    """Run the jobs not finished yet on a pool of spawned workers, in list order as dependencies allow.
-
-    A job is ready when every dependency has a result in OUT/runs/ (from this call or an earlier one)."""
-    import multiprocessing as mp
-
-    from indistill_cli import progress
-
-    runs = out / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    (out / "work").mkdir(exist_ok=True)
-    done = {f.stem: json.loads(f.read_text()) for f in runs.glob("*.json")}
-    todo = [j for j in jobs if j.name not in done]
-    running: dict[Future, Job] = {}
-    with ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context("spawn")) as pool:
-        while todo or running:
-            for j in [j for j in todo if all(d in done for d in j.deps)][: n_workers - len(running)]:
-                todo.remove(j)
-                running[pool.submit(run_job, preset, str(out), j, threads)] = j
-                progress.info(f"[effect] start {j.name}")
-            if not running:
-                raise RuntimeError(f"jobs with unmet dependencies: {[j.name for j in todo]}")
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for f in finished:
-                j = running.pop(f)
-                done[j.name] = f.result()  # a failed run stops the study (its error is raised here)
-                progress.info(f"[effect] done {j.name} ({done[j.name]['wall_s']:.0f} s)")
-    return done
-
-
 GAP_POINTS = 3.0
 
 
@@ -317,26 +233,6 @@ def gap_ok(done: dict[str, dict[str, Any]]) -> tuple[bool, str]:
 
 
 # ------------------------------------------------------------------------------------------ statistics
-
-
-def t_interval(d: list[float]) -> tuple[float, float, float]:
-    """(mean, lower, upper) of the 95% t-interval of paired differences."""
-    from scipy import stats
-
-    m = statistics.fmean(d)
-    if len(d) < 2:
-        return m, float("nan"), float("nan")
-    half = stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
-    return m, m - half, m + half
-
-
-def wilcoxon_p(d: list[float]) -> float:
-    """Two-sided Wilcoxon signed-rank p (exact for small n); nan when every difference is zero."""
-    from scipy import stats
-
-    if len(d) < 2 or all(v == 0 for v in d):
-        return float("nan")
-    return float(stats.wilcoxon(d, alternative="two-sided").pvalue)
 
 
 def summarise(p: Preset, done: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -492,15 +388,11 @@ def mean_curves(p: Preset, done: dict[str, dict[str, Any]]) -> dict[str, dict[st
 
 
 def revision() -> str:
-    import subprocess
+    return study.revision(("indistill_cli", "benchmarks/effect.py", "benchmarks/study.py"))
 
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "indistill_cli", "benchmarks/effect.py"], cwd=HERE.parent,
-                               capture_output=True, text=True).stdout.strip()
-        return rev + ("+uncommitted" if dirty else "") if rev else "unknown"
-    except OSError:
-        return "unknown"
+
+def execute(preset: str, out: Path, jobs: list[Job], n_workers: int, threads: int) -> dict[str, dict[str, Any]]:
+    return study.execute(run_job, (preset,), out, jobs, n_workers, threads, "effect")
 
 
 def report(preset: str, out: Path, done: dict[str, dict[str, Any]], wall_h: float) -> dict[str, Any]:

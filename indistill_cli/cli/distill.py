@@ -17,15 +17,18 @@ def distill(
     teacher: Annotated[str, typer.Option("--teacher", "-t", help="Trained teacher checkpoint (or -).")],
     student: Annotated[str, typer.Option("--student", "-s", help="Student checkpoint (e.g. from warmup), - or "
                                                                  "architecture name (fresh weights).")],
-    method: Annotated[list[str], typer.Option("--method", "-m", help="KD method[:weight], repeatable: kd, pkt, "
-                                              "pkt-cosine, fitnet, at, sp, rkd, dkd, crd.")],
-    param: Annotated[Optional[list[str]], typer.Option(help="Method hyper-parameter, e.g. kd.temperature=2.")] = None,
+    method: Annotated[list[str], typer.Option("--method", "-m", help="KD method[:weight], repeatable. Logits: kd, "
+                                              "kd-ls, dkd, dkd-ls, dist, mlkd; features: fitnet, at, sp, nst, vid, "
+                                              "ofd, reviewkd, ft, ab, fsp, kdsvd; embedding: pkt, pkt-cosine, rkd, "
+                                              "crd, cc. `indistill methods` lists their parameters and defaults.")],
+    param: Annotated[Optional[list[str]], typer.Option(help="Method hyper-parameter, e.g. kd.temperature=2, "
+                                                       "kd.learnable_temperature=1 (CTKD), ft.init_epochs=2.")] = None,
     ce: Annotated[Optional[float], typer.Option(help="CE weight (default: the methods' paper recipe, e.g. 0.1 "
                                                      "with kd, 1.0 otherwise).")] = None,
-    tap: Annotated[Optional[list[str]], typer.Option(help="TEACHER_TAP:STUDENT_TAP for tap-based methods "
-                                                          "(fitnet, at, sp); default: the paired taps.")] = None,
+    tap: Annotated[Optional[list[str]], typer.Option(help="TEACHER_TAP:STUDENT_TAP for feature methods "
+                                                          "(fitnet, at, sp, ...); default: the paired taps.")] = None,
     embedding_tap: Annotated[Optional[str], typer.Option(help="TEACHER_TAP:STUDENT_TAP for embedding methods "
-                                                              "(pkt, rkd, crd); default: the embeddings.")] = None,
+                                                              "(pkt, rkd, crd, cc); default: the embeddings.")] = None,
     adapters: Annotated[Optional[str], typer.Option(help="Sidecar for trained adapters (default "
                                                          "OUT.adapters.safetensors).")] = None,
     flow_teacher: Annotated[Optional[str], typer.Option(help="Pruned teacher: record the per-tap MSE to its "

@@ -24,7 +24,7 @@ from indistill_cli.engine.epoch import EpochEnd
 from indistill_cli.engine.guard import NonFiniteGuard, describe_terms
 from indistill_cli.engine.loop_state import LoopState, Position, ResumePoint, snapshot
 from indistill_cli.engine.optim import (grad_norm, load_named_optimizer_state, make_optimizer, named_optimizer_state,
-                                        param_names)
+                                        param_names, trainable_groups)
 from indistill_cli.engine.runtime import Runtime, agree, peak_memory_mb
 from indistill_cli.engine.schedule import OptimConfig, check_epochs, lr_factor
 
@@ -90,9 +90,10 @@ class _Run:
                  opt_state: dict[str, dict[str, torch.Tensor]] | None) -> None:
         self.e, self.rt, self.cfg = engine, engine.rt, engine.cfg
         self.trainable, self.keep, self.step_fn, self.loader = trainable, keep, step, loader
-        self.params = [p for p in trainable.parameters() if p.requires_grad]
+        self.groups = trainable_groups(trainable)
+        self.params = [p for params, _ in self.groups for p in params]
         self.names = param_names(keep, self.params)
-        self.opt = make_optimizer(self.params, self.cfg)
+        self.opt = make_optimizer(self.groups, self.cfg)
         if opt_state:
             load_named_optimizer_state(self.opt, self.names, opt_state)
         self.scaler = torch.amp.GradScaler("cuda") if self.rt.precision == "fp16" else None
@@ -116,7 +117,7 @@ class _Run:
         """One epoch (the rest of it, when resuming mid-epoch); leaves its sums, images and start time."""
         skip = self.start.step if epoch == self.start.epoch else 0
         if self.cfg.reset_each_epoch and epoch > 0 and skip == 0:
-            self.opt = make_optimizer(self.params, self.cfg)
+            self.opt = make_optimizer(self.groups, self.cfg)
         self.loader.set_epoch(self.cfg.plan_offset + epoch)  # a continued plan also continues the data order
         self.trainable.train()
         self.sums = dict(self.start.sums) if skip else {}
@@ -139,7 +140,7 @@ class _Run:
         """Forward, backward and update; None when the guard found the step bad (and undid it)."""
         self.loop.lr = self.cfg.lr * lr_factor(self.cfg, epoch + i / self.steps, self.e.epochs)
         for g in self.opt.param_groups:
-            g["lr"] = self.loop.lr
+            g["lr"] = self.loop.lr * g.get("lr_mult", 1.0)
         guard = self.guard
         guard.remember()
         with self.rt.autocast():

@@ -8,12 +8,29 @@ import torch.nn as nn
 from indistill_cli.engine.schedule import OptimConfig
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+ParamGroup = tuple[list[nn.Parameter], float]  # parameters and their lr multiplier
+
+
+def trainable_groups(trainable: nn.Module) -> list[ParamGroup]:
+    """The parameters a run trains (those that require grad), grouped by lr multiplier.
+
+    A module may declare `param_groups() -> [(params, lr_multiplier), ...]` (the distiller does: a KD
+    method's temperature or adapters may have their own lr, as its paper says); otherwise every
+    parameter runs at the base lr. Empty groups are dropped; the order is the optimiser's."""
+    declared = getattr(trainable, "param_groups", None)
+    groups = declared() if callable(declared) else [(list(trainable.parameters()), 1.0)]
+    out = [([p for p in params if p.requires_grad], float(mult)) for params, mult in groups]
+    return [(params, mult) for params, mult in out if params]
+
+
+def make_optimizer(groups: list[ParamGroup], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The run's optimiser; each group keeps its lr multiplier as `lr_mult` (the loop sets lr = base x it)."""
+    torch_groups = [{"params": params, "lr": cfg.lr * mult, "lr_mult": mult} for params, mult in groups]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        return torch.optim.SGD(torch_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.nesterov and cfg.momentum > 0)
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cls(torch_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def param_names(keep: nn.Module, params: list[nn.Parameter]) -> list[str | None]:

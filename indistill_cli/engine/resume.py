@@ -164,6 +164,20 @@ class RunState:
         """Part of what identifies the run, known only after loading (e.g. a parent checkpoint's sha256)."""
         self.key[name] = _canon(value)
 
+    def saved_part(self) -> str | None:
+        """With --resume, the part of a multi-part run (e.g. a KD method's phase, then the main loop) the
+        newest saved state belongs to; None when there is nothing to resume or the run has one part."""
+        if not self.resume or not self.exists():
+            return None
+        return self._peek_key().get("part")
+
+    def begin_part(self, name: str) -> None:
+        """The next part of a multi-part run: its states carry the part's name, and once an earlier part
+        has run in this process, a state on disk is that part's (superseded), so this part starts fresh."""
+        if "part" in self.key and self.key["part"] != name:
+            self.resume = False
+        self.key["part"] = name
+
     def register(self, name: str, get: Callable[[], Any], set_: Callable[[Any], None]) -> None:
         """A stage's own JSON-able bookkeeping (e.g. warmup's flow curves), saved and restored with the state."""
         self.hooks.append((name, get, set_))

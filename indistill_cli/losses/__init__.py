@@ -5,9 +5,10 @@ is one new file with a `@register("name", uses=..., default_weight=..., ce_weigh
 `forward(b: KDBatch)` returns the term) and its import below.
 """
 
-from indistill_cli.losses.base import DistillLoss, Feats, KDBatch  # noqa: F401
+from indistill_cli.losses.base import DistillLoss, Feats, KDBatch, Phase  # noqa: F401
 from indistill_cli.losses.registry import get, names, register  # noqa: F401
 
-from indistill_cli.losses import at, crd, dkd, fitnet, kd, pkt, rkd, sp  # noqa: E402,F401,I001
+from indistill_cli.losses import (  # noqa: E402,F401,I001
+    ab, at, cc, crd, dist, dkd, fitnet, fsp, ft, kd, kdsvd, ls, mlkd, nst, ofd, pkt, reviewkd, rkd, sp, vid)
 
-__all__ = ["DistillLoss", "Feats", "KDBatch", "get", "names", "register"]
+__all__ = ["DistillLoss", "Feats", "KDBatch", "Phase", "get", "names", "register"]

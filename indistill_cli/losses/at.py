@@ -26,7 +26,8 @@ def attention_map(f: torch.Tensor, p: float) -> torch.Tensor:
     return F.normalize(f.abs().pow(p).mean(dim=1).flatten(1), dim=1)
 
 
-@register("at", uses="taps", default_weight=1000.0, ce_weight=1.0)
+@register("at", uses="taps", default_weight=1000.0, ce_weight=1.0,
+          cite="Zagoruyko & Komodakis, ICLR 2017 (arXiv:1612.03928)")
 class AT(DistillLoss):
     """Match where the student and teacher put their activation energy."""
 

@@ -10,7 +10,8 @@ knowing them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 from indistill_cli.models.taps import match_spatial  # noqa: F401 - re-exported for the methods
 
 USES = ("logits", "embedding", "taps")
+PREACT = ("", "teacher", "both")  # which network's taps a method reads before their final ReLU
 
 
 @dataclass
@@ -44,14 +46,38 @@ class KDBatch:
     epoch: int
 
 
+@dataclass
+class Phase:
+    """A stage of the method's own recipe that `distill` runs before its main loop, through the same
+    engine: FT's paraphraser, AB's and FSP's initialisation. For `epochs` epochs the step's only loss
+    is `loss(batch)` (no CE, no other method), and only `trains` (the method's own modules) and, with
+    `trains_student`, the student are updated; the student is not even run when `needs_student` is off
+    (then the batch's student logits are empty)."""
+
+    name: str
+    epochs: int
+    loss: Callable[[KDBatch], torch.Tensor]
+    trains: list[nn.Module] = field(default_factory=list)
+    trains_student: bool = False
+    needs_student: bool = True
+
+
 class DistillLoss(nn.Module):
     """One KD term. Subclasses set the class attributes, implement `forward(b: KDBatch)`, and build any
-    trainable parts (regressors, embedders, memory banks) in `setup()`, which runs at the end of __init__."""
+    trainable parts (regressors, embedders, memory banks) in `setup()`, which runs at the end of __init__.
+
+    Optional hooks: `phases()` (stages run before the main loop), `param_groups()` (parameters with
+    their own lr multiplier), `calibrate(teacher)` (buffers set once from the teacher's features on
+    fixed training images before training, e.g. OFD's margins)."""
 
     name: ClassVar[str]
-    uses: ClassVar[str]  # "logits" | "embedding" | "taps"; these three are set by registry.register
+    uses: ClassVar[str]  # "logits" | "embedding" | "taps"; these and the rest are set by registry.register
     default_weight: ClassVar[float]
     ce_weight: ClassVar[float]
+    preact: ClassVar[str] = ""  # "teacher" / "both": the taps are read before their final ReLU (`:pre`)
+    with_embedding: ClassVar[bool] = False  # a taps method that also reads the embedding, as its last feature
+    cite: ClassVar[str] = ""  # short citation for `indistill methods`
+    note: ClassVar[str] = ""  # what differs from the paper's recipe, in a few words
     hparams: ClassVar[dict[str, float | int]] = {}
 
     def __init__(
@@ -88,6 +114,28 @@ class DistillLoss(nn.Module):
 
     def forward(self, b: KDBatch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @classmethod
+    def recorded_hparams(cls, given: dict[str, float]) -> dict[str, float | int]:
+        """The hyper-parameters that shape a run, as its summary and history record them: the defaults with
+        the given values (a method may leave out the settings of an option that is off)."""
+        return {**cls.hparams, **given}
+
+    def phases(self) -> list[Phase]:
+        """The method's own stages before the main loop (none by default)."""
+        return []
+
+    def param_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """The method's parameters by lr multiplier (all at the base lr by default)."""
+        return [(list(self.parameters()), 1.0)]
+
+    def calibrate(self, teacher: Feats) -> None:
+        """Set what the method derives once from the teacher's features (nothing by default)."""
+
+    def prep_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The logits as a logit method compares them: unchanged here; logit standardisation (`ls.py`)
+        z-scores them."""
+        return z
 
     def extra_state_tensors(self) -> dict[str, torch.Tensor]:
         """State beyond parameters/buffers that a checkpoint must keep."""
@@ -127,3 +175,37 @@ def flat_dim(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= int(d)
     return n
+
+
+def ramp(epoch: int, warmup: int) -> float:
+    """A term's linear warm-up min((epoch + 1) / warmup, 1) over 0-based epochs (mdistiller's 1-based
+    min(epoch / warmup, 1)); warmup <= 0: none."""
+    return 1.0 if warmup <= 0 else min((epoch + 1) / warmup, 1.0)
+
+
+def no_term(b: KDBatch) -> torch.Tensor:
+    """A zero term still attached to the student's graph (a method whose transfer is all in its phases)."""
+    return (b.student.logits.sum() * 0.0).abs()
+
+
+def conv_bn(cin: int, cout: int, he_init: bool = False) -> nn.Sequential:
+    """The usual student-side connector: a 1x1 convolution (no bias) to `cout` channels, then BN.
+    `he_init`: weights ~ N(0, sqrt(2 / cout)) as the OFD/AB authors initialise theirs."""
+    conv = nn.Conv2d(cin, cout, kernel_size=1, bias=False)
+    if he_init:
+        nn.init.normal_(conv.weight, 0.0, (2.0 / cout) ** 0.5)
+    return nn.Sequential(conv, nn.BatchNorm2d(cout))
+
+
+def connectors(s_shapes: list[tuple[int, ...]], t_shapes: list[tuple[int, ...]],
+               he_init: bool = False) -> nn.ModuleList:
+    """One connector per tap pair: the identity where the channel counts already match, else conv_bn."""
+    return nn.ModuleList(nn.Identity() if s[0] == t[0] else conv_bn(s[0], t[0], he_init)
+                         for s, t in zip(s_shapes, t_shapes))
+
+
+def consecutive_connectors(loss: DistillLoss) -> nn.ModuleList:
+    """The connectors of a method that relates consecutive taps (FSP, KD-SVD): it needs two pairs at least."""
+    if len(loss.s_shapes) < 2:
+        raise ValueError(f"{loss.name} needs at least two tap pairs (it relates consecutive taps)")
+    return connectors(loss.s_shapes, loss.t_shapes)

@@ -89,7 +89,8 @@ def _from_all_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-@register("crd", uses="embedding", default_weight=0.8, ce_weight=1.0)
+@register("crd", uses="embedding", default_weight=0.8, ce_weight=1.0,
+          cite="Tian et al., ICLR 2020 (arXiv:1910.10699)")
 class CRD(DistillLoss):
     """NCE between projected student/teacher embeddings with memory-bank negatives."""
 

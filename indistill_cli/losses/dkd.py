@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, teacher_view
+from indistill_cli.losses.base import DistillLoss, KDBatch, ramp, teacher_view
 from indistill_cli.losses.registry import register
 
 
@@ -64,23 +64,20 @@ def dkd_loss(
     return alpha * tckd + beta * nckd
 
 
-@register("dkd", uses="logits", default_weight=1.0, ce_weight=1.0)
+@register("dkd", uses="logits", default_weight=1.0, ce_weight=1.0,
+          cite="Zhao et al., CVPR 2022 (arXiv:2203.08679)")
 class DKD(DistillLoss):
     """Target-class and non-target-class KD with independent weights."""
 
     hparams = {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20}
 
-    def warmup_factor(self, epoch: int) -> float:
-        warmup = int(self.hp["warmup"])
-        return 1.0 if warmup <= 0 else min((epoch + 1) / warmup, 1.0)
-
     def forward(self, b: KDBatch) -> torch.Tensor:
         loss = dkd_loss(
-            b.student.logits,
-            teacher_view(b.teacher.logits),
+            self.prep_logits(b.student.logits),
+            self.prep_logits(teacher_view(b.teacher.logits)),
             b.labels,
             float(self.hp["alpha"]),
             float(self.hp["beta"]),
             float(self.hp["temperature"]),
         )
-        return self.warmup_factor(b.epoch) * loss
+        return ramp(b.epoch, int(self.hp["warmup"])) * loss

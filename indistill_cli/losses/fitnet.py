@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, match_spatial, teacher_view
+from indistill_cli.losses.base import DistillLoss, KDBatch, conv_bn, match_spatial, teacher_view
 from indistill_cli.losses.registry import register
 
 
@@ -32,20 +32,16 @@ def _as_map(x: torch.Tensor) -> torch.Tensor:
     return x[:, :, None, None] if x.dim() == 2 else x
 
 
-@register("fitnet", uses="taps", default_weight=100.0, ce_weight=1.0)
+@register("fitnet", uses="taps", default_weight=100.0, ce_weight=1.0,
+          cite="Romero et al., ICLR 2015 (arXiv:1412.6550)",
+          note="single stage (RepDistiller), 1x1 conv + BN regressor")
 class FitNet(DistillLoss):
     """MSE between regressed student taps and teacher taps."""
 
     def setup(self) -> None:
         if not self.s_shapes:
             raise ValueError("fitnet needs at least one tap pair")
-        self.regressors = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv2d(s[0], t[0], kernel_size=1, bias=False),
-                nn.BatchNorm2d(t[0]),
-            )
-            for s, t in zip(self.s_shapes, self.t_shapes)
-        )
+        self.regressors = nn.ModuleList(conv_bn(s[0], t[0]) for s, t in zip(self.s_shapes, self.t_shapes))
 
     def forward(self, b: KDBatch) -> torch.Tensor:
         total = b.student.logits.new_zeros(())

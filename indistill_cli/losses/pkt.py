@@ -84,14 +84,16 @@ class _PKTBase(DistillLoss):
         return self.kernel_loss(b.student.feats[0], teacher_view(b.teacher.feats[0]))
 
 
-@register("pkt", uses="embedding", default_weight=1.0, ce_weight=1.0)
+@register("pkt", uses="embedding", default_weight=1.0, ce_weight=1.0,
+          cite="Passalis & Tefas, ECCV 2018; InDistill's combined form (arXiv:2205.10003)")
 class PKT(_PKTBase):
     """InDistill's combined cosine + distance-kernel PKT (symmetric divergence)."""
 
     kernel_loss = staticmethod(pkt_combined)
 
 
-@register("pkt-cosine", uses="embedding", default_weight=30000.0, ce_weight=1.0)
+@register("pkt-cosine", uses="embedding", default_weight=30000.0, ce_weight=1.0,
+          cite="Passalis & Tefas, ECCV 2018 (arXiv:1803.10837)")
 class PKTCosine(_PKTBase):
     """Original PKT: KL between cosine-kernel conditional probabilities."""
 

@@ -42,7 +42,8 @@ def angles(e: torch.Tensor) -> torch.Tensor:
     return diff @ diff.transpose(1, 2)
 
 
-@register("rkd", uses="embedding", default_weight=1.0, ce_weight=1.0)
+@register("rkd", uses="embedding", default_weight=1.0, ce_weight=1.0,
+          cite="Park et al., CVPR 2019 (arXiv:1904.05068)")
 class RKD(DistillLoss):
     """Transfer the geometry (distances and angles) of the teacher's embedding."""
 

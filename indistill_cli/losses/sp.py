@@ -24,7 +24,8 @@ def similarity(f: torch.Tensor) -> torch.Tensor:
     return F.normalize(f @ f.t(), dim=1)
 
 
-@register("sp", uses="taps", default_weight=3000.0, ce_weight=1.0)
+@register("sp", uses="taps", default_weight=3000.0, ce_weight=1.0,
+          cite="Tung & Mori, ICCV 2019 (arXiv:1907.09682)")
 class SP(DistillLoss):
     """Inputs similar for the teacher should be similar for the student."""
 

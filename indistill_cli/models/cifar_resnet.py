@@ -2,7 +2,8 @@
 
 resnetN: three stages of BasicBlocks at widths 16/32/64, N = 6n+2; resnet8x4 / resnet32x4 use
 widths 32/64/128/256 with a 32-wide stem. Taps are the stage outputs (after the block's ReLU), the
-embedding is the pooled vector fed to the classifier.
+embedding is the pooled vector fed to the classifier. A stage's pre-activation (`:pre`) is the residual
+sum its last block's ReLU receives (that ReLU's last call in the block).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class CifarResNet(nn.Module):
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(cin, num_classes)
         self.tap_names = [f"layer{i + 1}" for i in range(len(widths) - 1)]
+        self.preact_taps = {name: f"{name}.{n - 1}.relu:in" for name in self.tap_names}
         self.embedding_name = "pool"
         kaiming_convs(self)
 

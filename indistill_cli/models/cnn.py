@@ -3,6 +3,9 @@
 3 x [conv3x3 unpadded with bias -> BN -> ReLU -> max-pool 2] at widths 16/32/64 (x width), flatten,
 fc 128 (x width) + ReLU = the embedding, fc classes. `cnn3` is the auxiliary (16/32/64, 128-d);
 `cnn3-w0.5` the student (8/16/32, 64-d). Taps: the three block outputs.
+
+Each block pools before its ReLU (max-pool and ReLU commute exactly, values and gradients alike), so
+the ReLU's input is the block's pre-activation at the tap's resolution: the `:pre` tap.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ class CNN3(nn.Module):
         super().__init__()
         cin = in_channels
         for i, w in enumerate(widths):
-            block = nn.Sequential(nn.Conv2d(cin, w, 3), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+            block = nn.Sequential(nn.Conv2d(cin, w, 3), nn.BatchNorm2d(w), nn.MaxPool2d(2), nn.ReLU(inplace=True))
             self.add_module(f"block{i + 1}", block)
             cin = w
         with torch.no_grad():
@@ -32,6 +35,7 @@ class CNN3(nn.Module):
         self.embed = nn.Sequential(nn.Linear(cin * size * size, emb), nn.ReLU(inplace=True))
         self.fc = nn.Linear(emb, num_classes)
         self.tap_names = ["block1", "block2", "block3"]
+        self.preact_taps = {name: f"{name}.3:in" for name in self.tap_names}
         self.embedding_name = "embed"
 
     def forward(self, x: Tensor) -> Tensor:

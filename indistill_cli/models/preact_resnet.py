@@ -1,7 +1,8 @@
 """Pre-activation ResNet-18 (He et al. 2016, "Identity mappings"), the InDistill paper's CIFAR teacher.
 
 Widths 64/128/256/512, 3x3 stem, no max-pool, global average pool -> 512 -> linear. A final
-BN+ReLU makes the last tap and the embedding activations (the paper's embedding is post-ReLU).
+BN+ReLU makes the last tap and the embedding activations (the paper's embedding is post-ReLU). As in
+WRN, a stage's pre-activation (`:pre`) is the next stage's first `bn1` output (the final `bn` for the last).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class PreActResNet18(nn.Module):
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(cin, num_classes)
         self.tap_names = ["layer1", "layer2", "layer3", "relu"]
+        self.preact_taps = {"layer1": "layer2.0.bn1", "layer2": "layer3.0.bn1", "layer3": "layer4.0.bn1",
+                            "relu": "relu:in"}
         self.embedding_name = "pool"
 
     def forward(self, x: Tensor) -> Tensor:

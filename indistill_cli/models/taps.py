@@ -1,9 +1,13 @@
 """The one tap mechanism: forward hooks that capture named module outputs (or inputs).
 
 `name` taps a module's output, `name:in` its first input (e.g. the classifier's input = the
-embedding of a hub model). Shared by prune, warmup, distill, evaluate and retrieve. A TapSet can
-also stop the forward pass right after a given tap, so warmup phases never compute layers past the
-active tap.
+embedding of a hub model), `name:pre` the pre-activation of a declared tap: the value its final ReLU
+receives (OFD, AB and ReviewKD read it). A model family declares where that value is with a
+`preact_taps` attribute, {tap: module name or "module:in"}, at the tap's resolution; a model that
+declares none (timm, torchvision) cannot give `:pre` taps and says so in one line. Pre-activations are
+cloned when captured: the ReLU that follows may work in place. Shared by prune, warmup, distill,
+evaluate and retrieve. A TapSet can also stop the forward pass right after a given tap, so warmup
+phases never compute layers past the active tap.
 """
 
 from __future__ import annotations
@@ -22,15 +26,33 @@ class _StopForward(Exception):
     pass
 
 
-def resolve(model: nn.Module, name: str) -> tuple[nn.Module, bool]:
-    """(module, is_input) for a tap name; unknown names are a clear BadInput."""
+PRE = ":pre"
+
+
+def preact_name(model: nn.Module, name: str) -> str:
+    """Where the model keeps tap `name`'s pre-activation (a module name, or "module:in")."""
+    declared = getattr(model, "preact_taps", None) or {}
+    if name not in declared:
+        arch = type(model).__name__
+        have = f"; it declares them for {', '.join(declared)}" if declared else (
+            "; the native families (cifar resnets, wrn, vgg, cnn3, preact_resnet18) do")
+        raise BadInput(f"tap '{name}{PRE}': {arch} declares no pre-activation (pre-ReLU) value for '{name}', which "
+                       f"OFD, AB and ReviewKD read{have}")
+    return declared[name]
+
+
+def resolve(model: nn.Module, name: str) -> tuple[nn.Module, bool, bool]:
+    """(module, is_input, clone) for a tap name; unknown names are a clear BadInput."""
     mod_name, _, suffix = name.partition(":")
-    if suffix not in ("", "in"):
-        raise BadInput(f"tap '{name}': the only suffix is ':in' (the module's input)")
+    if suffix not in ("", "in", "pre"):
+        raise BadInput(f"tap '{name}': the suffixes are ':in' (the module's input) and ':pre' (the pre-activation)")
+    if suffix == "pre":
+        module, is_input, _ = resolve(model, preact_name(model, mod_name))
+        return module, is_input, True
     mods = dict(model.named_modules())
     if mod_name not in mods or not mod_name:
         raise BadInput(f"unknown tap '{name}'{did_you_mean(mod_name, [n for n in mods if n])}")
-    return mods[mod_name], suffix == "in"
+    return mods[mod_name], suffix == "in", False
 
 
 class TapSet:
@@ -47,28 +69,30 @@ class TapSet:
         self.stop_after = stop_after
         self._handles: list[Any] = []
         for name in self.names:
-            mod, is_input = resolve(model, name)
+            mod, is_input, clone = resolve(model, name)
             if is_input:
-                self._handles.append(mod.register_forward_pre_hook(self._pre_hook(name)))
+                self._handles.append(mod.register_forward_pre_hook(self._pre_hook(name, clone)))
             else:
-                self._handles.append(mod.register_forward_hook(self._hook(name)))
+                self._handles.append(mod.register_forward_hook(self._hook(name, clone)))
 
-    def _store(self, name: str, value: Any) -> None:
+    def _store(self, name: str, value: Any, clone: bool) -> None:
+        """Keep the value (a module called twice in one forward, like a block's shared ReLU, leaves its
+        last call's)."""
         if isinstance(value, (tuple, list)):
             value = value[0]
-        self.out[name] = value
+        self.out[name] = value.clone() if clone else value
         if self.stop_after == name:
             raise _StopForward
 
-    def _hook(self, name: str):
+    def _hook(self, name: str, clone: bool = False):
         def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-            self._store(name, out)
+            self._store(name, out, clone)
 
         return hook
 
-    def _pre_hook(self, name: str):
+    def _pre_hook(self, name: str, clone: bool = False):
         def hook(_m: nn.Module, inp: Any) -> None:
-            self._store(name, inp)
+            self._store(name, inp, clone)
 
         return hook
 

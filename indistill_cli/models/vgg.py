@@ -1,7 +1,8 @@
 """CIFAR VGG with BatchNorm (Simonyan & Zisserman 2015) as RepDistiller defines vgg8..vgg19.
 
-Five stages of conv-BN-ReLU; stages 1-4 end in a 2x2 max-pool. Taps are the stage outputs (the
-tensor fed to the next stage); the embedding is the pooled 512-d vector.
+Five stages of conv-BN-ReLU; stages 1-4 end in a 2x2 max-pool, applied before the stage's last ReLU
+(they commute exactly), so that ReLU's input is the stage output's pre-activation (the `:pre` tap).
+Taps are the stage outputs (the tensor fed to the next stage); the embedding is the pooled 512-d vector.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ class VGG(nn.Module):
     def __init__(self, cfg: list[list[int]], in_channels: int, num_classes: int) -> None:
         super().__init__()
         cin = in_channels
+        self.preact_taps: dict[str, str] = {}
         for s, widths in enumerate(cfg):
             layers: list[nn.Module] = []
             for w in widths:
                 layers += [nn.Conv2d(cin, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
                 cin = w
             if s < len(cfg) - 1:
-                layers.append(nn.MaxPool2d(2))
+                layers.insert(len(layers) - 1, nn.MaxPool2d(2))
             self.add_module(f"stage{s}", nn.Sequential(*layers))
+            self.preact_taps[f"stage{s}"] = f"stage{s}.{len(layers) - 1}:in"
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(cin, num_classes)
         self.tap_names = [f"stage{s}" for s in range(len(cfg))]

@@ -1,7 +1,9 @@
 """Wide ResNets (Zagoruyko & Komodakis 2016) in the CIFAR form RepDistiller uses.
 
 wrn_D_K: pre-activation blocks, (D-4)/6 per group, widths 16, 16K, 32K, 64K. Taps are the group
-outputs; the last one is taken after the final BN+ReLU so every tap is an activation.
+outputs; the last one is taken after the final BN+ReLU so every tap is an activation. Blocks are
+pre-activation, so a group output reaches a ReLU only through the next BN: its pre-activation (`:pre`,
+as mdistiller defines it for WRN) is that BN's output, the next group's first `bn1`, or the final `bn`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class WideResNet(nn.Module):
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(cin, num_classes)
         self.tap_names = ["block1", "block2", "relu"]
+        self.preact_taps = {"block1": "block2.0.bn1", "block2": "block3.0.bn1", "relu": "relu:in"}
         self.embedding_name = "pool"
         kaiming_convs(self)
 

@@ -45,7 +45,7 @@ def find_producers(model: nn.Module, spec: dict[str, Any], taps: Sequence[str]) 
         if _is_conv(m):
             handles.append(m.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name)))
     for tap in taps:
-        mod, is_input = resolve(model, tap)
+        mod, is_input, _ = resolve(model, tap)
 
         def mark(_m: nn.Module, _i: Any, out: Any = None, tap: str = tap, is_input: bool = is_input) -> None:
             t = _i if is_input else out

@@ -133,10 +133,15 @@ class StudentUpTo(nn.Module):
             total = sum(o.float().sum() for o in self(x))
             grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
         self.train(was)
-        unused = {n for (n, _), g in zip(named, grads) if g is None}
-        out = sorted(unused)
-        for mod_name, mod in self.named_modules():
-            own = [f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_parameters(recurse=False)]
-            if own and all(o in unused for o in own):
-                out += [f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_buffers(recurse=False)]
-        return out
+        return with_orphan_buffers(self, {n for (n, _), g in zip(named, grads) if g is None})
+
+
+def with_orphan_buffers(module: nn.Module, unused: set[str]) -> list[str]:
+    """The unused parameters' names plus the buffers of the modules that own only unused parameters (a BN
+    whose weights get no gradient): what DDP must neither sync nor wait for."""
+    out = sorted(unused)
+    for mod_name, mod in module.named_modules():
+        own = [f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_parameters(recurse=False)]
+        if own and all(o in unused for o in own):
+            out += [f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_buffers(recurse=False)]
+    return out

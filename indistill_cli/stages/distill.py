@@ -29,12 +29,14 @@ from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
 from indistill_cli.stages.base import Stage
 from indistill_cli.stages.ce import val_metrics
 from indistill_cli.stages.distiller import (Distiller, KeepFlow, MethodSpec, feature_shapes, method_pairs,
-                                            parse_methods, save_adapters)
+                                            parse_methods, save_adapters, vector_flags)
+from indistill_cli.stages.phases import method_phases, run_phases
 from indistill_cli.stages.options import RunOptions
 from indistill_cli.stages.resolve import Resolved, frozen, resolve_model
 from indistill_cli.stages.session import Session
 
 SUMMARY_METRICS = ("best_epoch", "val_top1", "val_map", "images_per_sec", "peak_memory_mb")
+CALIBRATION_IMAGES = 512  # fixed training images a method may derive constants from (OFD's margins)
 
 
 class Distill(Stage):
@@ -109,12 +111,14 @@ class Distill(Stage):
         trains_emb = trains_head or any(losses.get(m.name).uses == "embedding" for m in specs)
         self.chosen = resolve_select(self.select, trains_head, trains_emb, val_loader is not None, "this distill run")
         self.curves: dict[str, list[float]] = {}
+        self.phase_log: list[dict[str, Any]] = []
         flow, fixed, kf = None, [], None
         if self.flow_teacher:  # the paper's Figure 4: per-tap MSE to the pruned teacher's targets, every epoch
             flow, fixed, shared = self.flow_setup(s, student)
             if self.keep_flow:
                 kf = KeepFlow(flow, self.keep_flow, self.keep_flow_decay, shared)
         self.distiller = Distiller(student, specs, self.pairs, loss_mods, ce, kf).to(rt.device)
+        self.distiller.calibrate(lambda: s.first_images("train", st.spec, CALIBRATION_IMAGES), teacher)
         self.announce(s, kf is not None)
         res = self.res = self.fit(s, teacher, val_loader, flow, fixed)
         return self.summarise(res, kf is not None)
@@ -178,14 +182,18 @@ class Distill(Stage):
         # student + trainable adapters in DDP under torchrun; the teacher stays outside. The methods' buffers
         # (CRD's memory banks) are not broadcast every step: they start equal and get every rank's updates.
         broadcast_state(distiller.losses, rt)
-        net = ddp(distiller, rt, [f"losses.{n}" for n, _ in distiller.losses.named_buffers()])
         loader = s.train_loader(self.student_r.spec)
+        log = self.phase_log
+        if self.state is not None:
+            self.state.register("curves", lambda: curves, lambda saved: (curves.clear(), curves.update(saved)))
+            self.state.register("phases", lambda: log, lambda saved: (log.clear(), log.extend(saved)))
+        run_phases(method_phases(distiller), distiller, teacher, loader, rt, self.optim, self.state,
+                   self.opts.skip_nonfinite, log)
+        net = ddp(distiller, rt, [f"losses.{n}" for n, _ in distiller.losses.named_buffers()])
 
         def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
             return net(batch.x, batch.y, batch.idx, epoch, distiller.teacher_outputs(batch.x, teacher))
 
-        if self.state is not None:
-            self.state.register("curves", lambda: curves, lambda saved: (curves.clear(), curves.update(saved)))
         emb_tap = self.student_r.spec["embedding"]["name"] if self.chosen == "map" else None
 
         def validate(epoch: int) -> dict[str, float]:
@@ -204,7 +212,7 @@ class Distill(Stage):
     def summarise(self, res: FitResult, kept: bool) -> dict[str, Any]:
         self.wall_s, optim = self.wall(), self.optim
         self.method_rec = [{"name": m.name, "weight": m.weight, "uses": losses.get(m.name).uses,
-                            "hparams": {**losses.get(m.name).hparams, **m.hparams},
+                            "hparams": losses.get(m.name).recorded_hparams(m.hparams),
                             "pairs": [list(p) for p in pairs]} for m, pairs in zip(self.specs, self.pairs)]
         best = res.history[res.best_epoch - 1] if res.history else {}
         summary = {"stage": "distill", "teacher": self.teacher_r.name, "student": self.student_r.name,
@@ -219,6 +227,8 @@ class Distill(Stage):
                    "wall_s": round(self.wall_s, 2), "epochs": res.history}
         if self.curves:
             summary["curves"] = self.curves
+        if self.phase_log:
+            summary["phases"] = self.phase_log
         return summary
 
     def write(self, s: Session, summary: dict[str, Any]) -> None:
@@ -237,7 +247,8 @@ class Distill(Stage):
         hist = st.history + [history_entry(
             "distill", options, [t.parent(), st.parent()], metrics, self.wall_s, s.ds.info.name,
             from_warmup=self.from_warmup, teacher=spec_name(t.spec), curve=self.res.history, device=s.rt.describe(),
-            **({"curves": summary["curves"]} if summary.get("curves") else {}))]
+            **({"curves": summary["curves"]} if summary.get("curves") else {}),
+            **({"phases": self.phase_log} if self.phase_log else {}))]
         summary["sha256"] = write_model(self.out, self.res.best_state, st.spec, hist, {"dataset": s.ds.info.as_dict()})
 
     def report(self, summary: dict[str, Any]) -> None:
@@ -259,9 +270,11 @@ def build_methods(specs: list[MethodSpec], teacher_r: Resolved, student_r: Resol
     pairs_all, loss_mods = [], []
     for m in specs:
         cls = losses.get(m.name)
-        pairs = method_pairs(cls.uses, teacher_r.spec, student_r.spec, tap_pairs, embedding_pair)
-        t_shapes = feature_shapes(teacher, [t for t, _ in pairs], cls.uses, probe)
-        s_shapes = feature_shapes(student, [s_ for _, s_ in pairs], cls.uses, probe)
+        pairs = method_pairs(cls.uses, teacher_r.spec, student_r.spec, tap_pairs, embedding_pair, cls.preact,
+                             cls.with_embedding)
+        vec = vector_flags(cls, len(pairs))
+        t_shapes = feature_shapes(teacher, [t for t, _ in pairs], vec, probe)
+        s_shapes = feature_shapes(student, [s_ for _, s_ in pairs], vec, probe)
         try:
             loss_mods.append(cls(s_shapes, t_shapes, s.ds.info.num_classes, len(s.ds.train), **m.hparams))
         except ValueError as e:

@@ -9,6 +9,7 @@ inference_mode; it is an argument, never a submodule.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -18,10 +19,10 @@ import torch.nn.functional as F
 
 from indistill_cli import losses
 from indistill_cli.errors import BadInput
-from indistill_cli.losses.base import Feats, KDBatch
+from indistill_cli.losses.base import DistillLoss, Feats, KDBatch, Phase
 from indistill_cli.metrics.flow import mse
 from indistill_cli.io.atomic import atomic_write
-from indistill_cli.models.taps import TapSet, as_vector
+from indistill_cli.models.taps import PRE, TapSet, as_vector
 from indistill_cli.pruning.pairing import pair_taps
 
 
@@ -120,6 +121,10 @@ class Distiller(nn.Module):
         self._tapsets: dict[int, TapSet] = {}
         object.__setattr__(self, "run_student", None)  # e.g. torch.compile(student); not a registered submodule
 
+    def param_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """The student at the base lr, then each method's parameters by the lr multiplier it declares."""
+        return [(list(self.student.parameters()), 1.0)] + [g for loss in self.losses for g in loss.param_groups()]
+
     def _taps_on(self, model: nn.Module, names: list[str]) -> TapSet | None:
         if not names:
             return None
@@ -149,28 +154,26 @@ class Distiller(nn.Module):
         return TeacherOut(logits, taps, flow)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int,
-                teacher: nn.Module | TeacherOut, net: nn.Module | None = None) -> dict[str, torch.Tensor]:
+                teacher: nn.Module | TeacherOut, net: nn.Module | None = None,
+                phase: tuple[int, Phase] | None = None) -> dict[str, torch.Tensor]:
         """`teacher`: the teacher module, or its outputs for this batch (what the step passes when DDP wraps
-        the distiller); `net`: what runs the student (default: the student, or run_student when set)."""
+        the distiller); `net`: what runs the student (default: the student, or run_student when set);
+        `phase`: (method index, phase) to compute that method's phase loss alone instead of the KD loss."""
         t = teacher if isinstance(teacher, TeacherOut) else self.teacher_outputs(x, teacher)
-        t_logits, t_out = t.logits, t.taps
-        st = self._taps_on(self.student, self.s_taps)
-        if net is None:
-            net = self.run_student if self.run_student is not None else self.student
-        s_logits = net(x)
-        s_out: dict[str, torch.Tensor] = {}
-        if st is not None:
-            s_out, st.out = st.out, {}
+        if phase is not None and not phase[1].needs_student:
+            s_logits, s_out = x.new_zeros((0,)), {}
+        else:
+            s_logits, s_out = self.student_outputs(x, net)
+        if phase is not None:
+            i, ph = phase
+            term = ph.loss(self.batch(i, s_logits, s_out, t, y, idx, epoch))
+            return {"loss": term, f"{self.methods[i].name}.{ph.name}": term}
         terms: dict[str, torch.Tensor] = {}
         if self.ce:
             terms["ce"] = F.cross_entropy(s_logits, y)
         with torch.autocast(x.device.type, enabled=False):  # KD terms in fp32 (Gram matrices, softmax at T)
-            for m, pairs, loss in zip(self.methods, self.method_pairs, self.losses):
-                kind = type(loss).uses
-                prep = as_vector if kind == "embedding" else (lambda v: v)
-                s_f = Feats(s_logits.float(), [prep(s_out[s]).float() for _, s in pairs])
-                t_f = Feats(t_logits.float(), [prep(t_out[t]).float() for t, _ in pairs])
-                terms[m.name] = loss(KDBatch(s_f, t_f, y, idx, epoch))
+            for i, (m, loss) in enumerate(zip(self.methods, self.losses)):
+                terms[m.name] = loss(self.batch(i, s_logits, s_out, t, y, idx, epoch))
             if t.flow is not None:
                 terms["keep_flow"] = sum(mse(s_out[p.student_tap], f) for p, f in zip(self.keep_flow.flow.pairs, t.flow))
         total = (self.ce * terms["ce"] if self.ce else 0) + sum(
@@ -179,11 +182,53 @@ class Distiller(nn.Module):
             total = total + self.keep_flow.weight_at(epoch) * terms["keep_flow"]
         return {"loss": total, **terms, "_correct": (s_logits.argmax(1) == y).sum()}
 
+    def student_outputs(self, x: torch.Tensor, net: nn.Module | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        st = self._taps_on(self.student, self.s_taps)
+        if net is None:
+            net = self.run_student if self.run_student is not None else self.student
+        s_logits = net(x)
+        s_out: dict[str, torch.Tensor] = {}
+        if st is not None:
+            s_out, st.out = st.out, {}
+        return s_logits, s_out
+
+    def batch(self, i: int, s_logits: torch.Tensor, s_out: dict[str, torch.Tensor], t: TeacherOut, y: torch.Tensor,
+              idx: torch.Tensor, epoch: int) -> KDBatch:
+        """What method i reads: logits and its paired features (embeddings pooled to vectors), in fp32."""
+        pairs, vec = self.method_pairs[i], vector_flags(type(self.losses[i]), len(self.method_pairs[i]))
+        s_f = Feats(s_logits.float(), [_prep(s_out[s], v).float() for (_, s), v in zip(pairs, vec)] if s_out else [])
+        t_f = Feats(t.logits.float(), [_prep(t.taps[a], v).float() for (a, _), v in zip(pairs, vec)])
+        return KDBatch(s_f, t_f, y, idx, epoch)
+
+    @torch.no_grad()
+    def calibrate(self, images: Callable[[], list[torch.Tensor]], teacher: nn.Module) -> None:
+        """Give the methods that derive something from the teacher (OFD's margins) its features on the
+        fixed batches `images()` returns (read only when a method needs them)."""
+        for i, loss in enumerate(self.losses):
+            if type(loss).calibrate is DistillLoss.calibrate:
+                continue
+            outs = [self.teacher_outputs(x, teacher) for x in images()]
+            feats = [self.batch(i, o.logits, {}, o, o.logits.new_zeros(0), None, 0).teacher for o in outs]
+            loss.calibrate(Feats(torch.cat([f.logits for f in feats]),
+                                 [torch.cat(parts) for parts in zip(*[f.feats for f in feats])]))
+
+
+def _prep(v: torch.Tensor, vector: bool) -> torch.Tensor:
+    return as_vector(v) if vector else v
+
+
+def vector_flags(cls: type, n: int) -> list[bool]:
+    """Which of a method's n paired features are embeddings, read as (N, D) vectors."""
+    if cls.uses == "embedding":
+        return [True] * n
+    return [False] * (n - 1) + [True] if getattr(cls, "with_embedding", False) and n else [False] * n
+
 
 def method_pairs(kind: str, t_spec: dict[str, Any], s_spec: dict[str, Any], tap_pairs: list[str],
-                 emb_pair: str | None) -> list[tuple[str, str]]:
+                 emb_pair: str | None, preact: str = "", embedding: bool = False) -> list[tuple[str, str]]:
     """The (teacher tap, student tap) pairs a method of this `kind` reads: none for logits, the embeddings
-    (or --embedding-tap), or the paired taps (default pairing, or --tap)."""
+    (or --embedding-tap), or the paired taps (default pairing, or --tap), read before their final ReLU
+    (`:pre`) on the teacher's side or both with `preact`, then the embeddings with `embedding`."""
     if kind == "logits":
         return []
     if kind == "embedding":
@@ -194,20 +239,27 @@ def method_pairs(kind: str, t_spec: dict[str, Any], s_spec: dict[str, Any], tap_
                                f"{t_spec['embedding']['name']}:{s_spec['embedding']['name']}")
             return [(t, s)]
         return [(t_spec["embedding"]["name"], s_spec["embedding"]["name"])]
-    return pair_taps(t_spec, s_spec, tap_pairs, option="--tap")
+    pairs = pair_taps(t_spec, s_spec, tap_pairs, option="--tap")
+    pairs = [(t + PRE if preact else t, s + PRE if preact == "both" else s) for t, s in pairs]
+    return pairs + (method_pairs("embedding", t_spec, s_spec, [], emb_pair) if embedding else [])
 
 
-def feature_shapes(model: nn.Module, names: list[str], kind: str, x: torch.Tensor) -> list[tuple[int, ...]]:
-    """Per-sample shapes of the named activations (pooled to vectors for embedding methods)."""
+def feature_shapes(model: nn.Module, names: list[str], kind: str | list[bool],
+                   x: torch.Tensor) -> list[tuple[int, ...]]:
+    """Per-sample shapes of the named activations (pooled to vectors for embedding methods, or where
+    `kind` is a list of per-name flags)."""
     if not names:
         return []
+    vec = [kind == "embedding"] * len(names) if isinstance(kind, str) else kind
     was = model.training
     model.eval()
-    with torch.no_grad(), TapSet(model, names) as taps:
-        model(x)
-        out = [taps.out[n] for n in names]
-    model.train(was)
-    return [tuple((as_vector(o) if kind == "embedding" else o).shape[1:]) for o in out]
+    try:
+        with torch.no_grad(), TapSet(model, names) as taps:
+            model(x)
+            out = [taps.out[n] for n in names]
+    finally:
+        model.train(was)
+    return [tuple(_prep(o, v).shape[1:]) for o, v in zip(out, vec)]
 
 
 def save_adapters(path: str, distiller: Distiller) -> None:

@@ -1,0 +1,27 @@
+"""`indistill methods`: parse, then `stages.methods`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from indistill_cli.cli.app import app, run
+from indistill_cli.cli.options import command
+
+
+@command(app, ("json_out",))
+def methods(**o: Any) -> None:
+    """List the KD methods `distill` takes: what each reads, its default weight and CE weight, its
+    hyper-parameters with their defaults, and its citation.
+
+    Example:
+
+        indistill methods
+
+        indistill distill -t teacher.safetensors -s cnn3-w0.5 -m ft --param ft.init_epochs=2 -o s.safetensors
+    """
+    def body() -> Any:
+        from indistill_cli.stages.methods import list_methods
+
+        return list_methods()
+
+    run(body, o["json_out"], quiet=o["json_out"])

@@ -1,0 +1,44 @@
+"""`indistill methods`: every KD method `distill --method` takes, with the recipe it was registered with.
+
+The table is built from the registry (`losses.registry.register`), so it cannot drift from what
+`distill` runs: what each method reads, its default weight and the CE weight that goes with it, its
+hyper-parameters with their defaults (set with `--param METHOD.NAME=VALUE`), its citation and what
+differs from the paper's recipe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from indistill_cli import losses, progress
+
+KINDS = {"logits": "logit", "taps": "feature", "embedding": "embedding"}
+
+
+def reads(cls: type[losses.DistillLoss]) -> str:
+    """What a method reads, in words."""
+    if cls.uses != "taps":
+        return cls.uses
+    where = {"": "taps", "teacher": "taps (teacher's pre-ReLU)", "both": "taps (pre-ReLU)"}[cls.preact]
+    return where + (" + embedding" if cls.with_embedding else "")
+
+
+def method_rows() -> list[dict[str, Any]]:
+    """One record per registered method, by name."""
+    out = []
+    for name in losses.names():
+        cls = losses.get(name)
+        out.append({"name": name, "kind": KINDS[cls.uses], "reads": reads(cls), "default_weight": cls.default_weight,
+                    "ce_weight": cls.ce_weight, "hparams": dict(cls.hparams), "citation": cls.cite, "note": cls.note})
+    return out
+
+
+def list_methods() -> list[dict[str, Any]]:
+    """The methods as a table on stderr; the records (the --json answer)."""
+    rows = method_rows()
+    progress.table(f"{len(rows)} KD methods (distill -m NAME[:WEIGHT]; --param NAME.KEY=VALUE)",
+                   ["name", "kind", "reads", "weight", "CE", "hyper-parameters (defaults)", "citation", "note"],
+                   [[r["name"], r["kind"], r["reads"], r["default_weight"], r["ce_weight"],
+                     " ".join(f"{k}={progress.fmt(v)}" for k, v in r["hparams"].items()) or "-", r["citation"],
+                     r["note"]] for r in rows])
+    return rows
