@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from indistill_cli.errors import BadInput
+from indistill_cli.io import jsontext
 from indistill_cli.io.atomic import atomic_write
 
 FORMAT = "indistill/1"
@@ -121,7 +122,9 @@ def parse_header(data: bytes, where: str) -> dict[str, Any]:
     if 8 + n > len(data):
         raise BadInput(f"{where}: truncated checkpoint (header needs {8 + n} bytes, file has {len(data)})")
     try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+        header = jsontext.loads(data[8 : 8 + n].decode("utf-8"))
+    except jsontext.TooDeep as e:
+        raise BadInput(f"{where}: not a safetensors checkpoint (header is {e})") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise BadInput(f"{where}: not a safetensors checkpoint (header is not JSON)") from None
     if not isinstance(header, dict):
@@ -148,7 +151,9 @@ def _json_field(meta: dict[str, str], key: str, where: str, kind: type) -> Any:
     if key not in meta:
         raise BadInput(f"{where}: metadata has no '{key}' (not written by indistill?)")
     try:
-        value = json.loads(meta[key])
+        value = jsontext.loads(meta[key])
+    except jsontext.TooDeep as e:
+        raise BadInput(f"{where}: metadata '{key}' is {e} (corrupt or forged)") from None
     except (TypeError, json.JSONDecodeError):
         raise BadInput(f"{where}: metadata '{key}' is not valid JSON") from None
     if not isinstance(value, kind):
@@ -167,6 +172,9 @@ def from_bytes(data: bytes, where: str = "<bytes>") -> Checkpoint:
     meta = header.get("__metadata__")
     if not isinstance(meta, dict):
         raise BadInput(f"{where}: safetensors file without indistill metadata (not an indistill checkpoint)")
+    if meta.get("format") == "indistill-adapters/1":
+        raise BadInput(f"{where}: is a KD adapters sidecar (written by `indistill distill --adapters`), not a model "
+                       f"checkpoint")
     if meta.get("format") != FORMAT:
         raise BadInput(f"{where}: unknown checkpoint format {meta.get('format')!r} (expected {FORMAT!r})")
     role = meta.get("role")

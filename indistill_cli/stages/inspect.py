@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from indistill_cli import progress
@@ -84,14 +85,15 @@ def list_models_table() -> list[dict[str, Any]]:
     return out
 
 
-def list_datasets() -> list[dict[str, Any]]:
-    """Built-in datasets and where a local copy was found (nothing is downloaded)."""
+def list_datasets(root: str | None = None) -> list[dict[str, Any]]:
+    """Built-in datasets and where a local copy was found (nothing is downloaded); `root`: --data-root."""
+    where_root = Path(root) if root else data_root()
     out = [{"name": "fashion-mnist-mini", "available": True, "where": str(PACKAGE_DATA / "fashion_mnist_mini"),
             "note": "embedded 10k/2k Fashion-MNIST subset"}]
     for name in BUILTIN:
-        where = locate(name)
+        where = locate(name, where_root)
         out.append({"name": name, "available": where is not None, "where": str(where) if where else "",
-                    "note": "" if where else f"not found locally (downloads into {data_root()} when online)"})
+                    "note": "" if where else f"not found locally (downloads into {where_root} when online)"})
     out.append({"name": "imagefolder:PATH", "available": True, "where": "", "note": "PATH/train/CLASS/*, PATH/val/"})
     out.append({"name": "synthetic:CxHxW:K:N", "available": True, "where": "", "note": "random tensors, by seed"})
     progress.table("datasets", ["name", "local", "where / note"],
