@@ -4,7 +4,7 @@ and one short module per command that only parses its options and calls its stag
 from indistill_cli.cli.app import app
 
 # registered in this order, which `indistill --help` lists
-from indistill_cli.cli import train, prune, evaluate, inspect, warmup, distill, retrieve, pipeline  # noqa: E402,F401,I001
+from indistill_cli.cli import train, prune, evaluate, inspect, warmup, distill, retrieve, pipeline, compare, export  # noqa: E402,F401,I001
 
 
 def main() -> None:

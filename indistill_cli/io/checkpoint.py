@@ -14,6 +14,7 @@ import json
 import os
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,14 +122,8 @@ def parse_header(data: bytes, where: str) -> dict[str, Any]:
         raise BadInput(f"{where}: not a safetensors checkpoint (declared header of {n} bytes is implausible)")
     if 8 + n > len(data):
         raise BadInput(f"{where}: truncated checkpoint (header needs {8 + n} bytes, file has {len(data)})")
-    try:
-        header = jsontext.loads(data[8 : 8 + n].decode("utf-8"))
-    except jsontext.TooDeep as e:
-        raise BadInput(f"{where}: not a safetensors checkpoint (header is {e})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadInput(f"{where}: not a safetensors checkpoint (header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise BadInput(f"{where}: not a safetensors checkpoint (header is not a JSON object)")
+    header = _parsed(data[8 : 8 + n], dict, lambda why: f"{where}: not a safetensors checkpoint (header {why})",
+                     "not JSON", "is not a JSON object")
     body = len(data) - 8 - n
     end = 0
     for name, entry in header.items():
@@ -147,18 +142,25 @@ def parse_header(data: bytes, where: str) -> dict[str, Any]:
     return header
 
 
+def _parsed(text: Any, kind: type, message: Callable[[str], str], not_json: str, wrong_kind: str) -> Any:
+    """JSON of the header or of a metadata field, each failure one line (`message` of what is wrong);
+    nesting is bounded (jsontext), so a forged file cannot raise RecursionError."""
+    try:
+        value = jsontext.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except jsontext.TooDeep as e:
+        raise BadInput(message(f"is {e}; corrupt or forged")) from None
+    except (UnicodeDecodeError, TypeError, json.JSONDecodeError):
+        raise BadInput(message(f"is {not_json}")) from None
+    if not isinstance(value, kind):
+        raise BadInput(message(wrong_kind))
+    return value
+
+
 def _json_field(meta: dict[str, str], key: str, where: str, kind: type) -> Any:
     if key not in meta:
         raise BadInput(f"{where}: metadata has no '{key}' (not written by indistill?)")
-    try:
-        value = jsontext.loads(meta[key])
-    except jsontext.TooDeep as e:
-        raise BadInput(f"{where}: metadata '{key}' is {e} (corrupt or forged)") from None
-    except (TypeError, json.JSONDecodeError):
-        raise BadInput(f"{where}: metadata '{key}' is not valid JSON") from None
-    if not isinstance(value, kind):
-        raise BadInput(f"{where}: metadata '{key}' should be a JSON {kind.__name__}")
-    return value
+    return _parsed(meta[key], kind, lambda why: f"{where}: metadata '{key}' {why}", "not valid JSON",
+                   f"should be a JSON {kind.__name__}")
 
 
 def from_bytes(data: bytes, where: str = "<bytes>") -> Checkpoint:

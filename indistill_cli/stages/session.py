@@ -44,7 +44,7 @@ class Session:
     """A run's runtime, dataset and options, and its loaders for a model spec."""
 
     rt: Runtime
-    ds: Dataset
+    ds: Dataset  # None in a stage that reads no dataset (Stage.loads_data)
     opts: RunOptions
 
     def train_loader(self, spec: dict[str, Any]) -> Any:
@@ -79,9 +79,10 @@ class Session:
         return "val" if self.ds.val is not None else None
 
 
-def open_session(opts: RunOptions) -> Session:
+def open_session(opts: RunOptions, data: bool = True) -> Session:
+    """The runtime (device, precision, seeds) and, with `data`, the dataset `opts` name."""
     opts.check()
     rt = resolve_runtime(opts.device, opts.precision, opts.channels_last)
     seed_everything(opts.seed + rt.rank, opts.deterministic)
-    ds = load_dataset(opts.data, opts.val_fraction, opts.data_root, opts.image_size, seed=opts.seed)
-    return Session(rt, ds, opts)
+    ds = load_dataset(opts.data, opts.val_fraction, opts.data_root, opts.image_size, seed=opts.seed) if data else None
+    return Session(rt, ds, opts)  # type: ignore[arg-type]
