@@ -33,6 +33,8 @@ def inspect_checkpoint(src: str) -> dict[str, Any]:
         ["parameters", f"{n_params:,}"], ["embedding", f"{sp.get('embedding', {}).get('name')} "
                                                        f"({sp.get('embedding', {}).get('dim')}-d)"],
         ["dataset", c.info.get("dataset", {}).get("name", "?")],
+        *([["images", "{images}; size: {size}; {channels} channel(s); cache: {cache}".format(**folder)]]
+          if (folder := c.info.get("dataset", {}).get("folder")) else []),
         *([["sees", f"{sees['serving']}; {sees['text']}"]] if sees else []), ["sha256", c.sha256[:16]]])
     pruning = c.info.get("pruning")
     kept = {p["teacher_tap"]: p for p in pruning["pairs"]} if pruning else {}
