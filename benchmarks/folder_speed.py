@@ -7,7 +7,7 @@ Two folders are built in a temporary directory from the embedded Fashion-MNIST s
           with cnn3 exactly as `--data fashion-mnist-mini` is: same images, 28x28 zero-padded to 32x32,
           one channel, crop (pad 4) + flip. Built-in path: `--data fashion-mnist-mini`.
   jpeg256 2,000 256x256 RGB JPEGs (subset images upscaled and tinted per class; 400 as val/), trained
-          with resnet8 at --image-size 128. Built-in path: `--data synthetic:3x128x128:10:2000` (a tensor
+          with cnn3-w0.5 at --image-size 128 (decoded once: resized and centre-cropped to 128x128). Built-in path: `--data synthetic:3x128x128:10:2000` (a tensor
           set already at the served size, as the cached folder is).
 
 Every run is one `indistill train ... --json` process with OMP_NUM_THREADS fixed (default 1: a shared
@@ -98,13 +98,13 @@ def decode_time(folder: Path, image_size: int | None, threads: int) -> dict[str,
 
 def cases(png: Path, jpg: Path, epochs: int) -> dict[str, dict[str, list[str]]]:
     e = ["--epochs", str(epochs)]
-    j = ["resnet8", "--image-size", "128", *e]
+    j = ["cnn3-w0.5", "--image-size", "128", *e]
     return {
         "png28 (10k 28x28 grayscale PNGs, cnn3)": {
             "built-in tensors": ["cnn3", "--data", "fashion-mnist-mini", *e],
             "folder, cached": ["cnn3", "--data", f"imagefolder:{png}", "--cache", "ram", *e],
             "folder, streamed": ["cnn3", "--data", f"imagefolder:{png}", "--cache", "off", *e]},
-        "jpeg256 (2k 256x256 RGB JPEGs at 128, resnet8)": {
+        "jpeg256 (2k 256x256 RGB JPEGs at 128, cnn3-w0.5)": {
             "built-in tensors": [*j, "--data", "synthetic:3x128x128:10:2000"],
             "folder, cached": [*j, "--data", f"imagefolder:{jpg}", "--cache", "ram"],
             "folder, streamed": [*j, "--data", f"imagefolder:{jpg}", "--cache", "off"]},

@@ -85,7 +85,7 @@ def _trees(path: Path) -> tuple[FolderSplit, FolderSplit]:
 
 
 def _sizes(sv: Survey, image_size: int | None) -> tuple[tuple[int, int], tuple[int, int], str]:
-    """(served, stored, what the images are): --image-size, else the images' own size when they share one
+    """(served, stored, what the images are and what models see): --image-size, else the images' own size when they share one
     (28x28 served at 32x32 like the built-in sets), else 224. Stored: their own size when it fits in the
     served one (padded per batch), else the served size (resized and centre-cropped once)."""
     common = sv.common
@@ -103,7 +103,12 @@ def _sizes(sv: Survey, image_size: int | None) -> tuple[tuple[int, int], tuple[i
     else:
         served = (DEFAULT_SIZE, DEFAULT_SIZE)
     fits = common is not None and common[0] <= served[0] and common[1] <= served[1]
-    return served, (common if fits else served), what  # type: ignore[return-value]
+    stored = common if fits else served
+    s = f"{served[0]}x{served[1]}"
+    sees = serving_phrase(stored, served) if fits else \
+        f"{common[0]}x{common[1]} images resized and centre-cropped to {s}" if common else \
+        f"images resized and centre-cropped to {s}"
+    return served, stored, f"{what}; models see {sees}"  # type: ignore[return-value]
 
 
 def _decoded(part: FolderSplit, mode: str, stored: tuple[int, int], strict: bool) -> Split:
@@ -147,9 +152,10 @@ def load_imagefolder(path: Path, val_fraction: float, image_size: int | None = N
     mean, std = ([sum(IMAGENET_MEAN) / 3], [sum(IMAGENET_STD) / 3]) if gray else (IMAGENET_MEAN, IMAGENET_STD)
     nbytes = (len(train) + len(test)) * (1 if gray else 3) * stored[0] * stored[1]
     cached, how = _cache_plan(cache, nbytes)
-    sees = f"models see {serving_phrase(stored, served)}, {1 if gray else 3} channel{'' if gray else 's'}"
-    progress.info(f"imagefolder:{path}: {what}; {sees}{'' if image_size else ' (--image-size N to change)'}; {how}")
-    notes = {"images": what, "size": f"--image-size {image_size}" if image_size else
+    channels = f"{1 if gray else 3} channel{'' if gray else 's'}"
+    progress.info(f"imagefolder:{path}: {what}, {channels}{'' if image_size else ' (--image-size N to change)'}; "
+                  f"{how}")
+    notes = {"images": what.split("; ")[0], "size": f"--image-size {image_size}" if image_size else
              ("the images' own" if sv.common else f"default {DEFAULT_SIZE}"), "channels": 1 if gray else 3,
              "cache": "ram" if cached else "stream", "decoded_bytes": nbytes}
     info = DataInfo(f"imagefolder:{path}", len(train.classes), 1 if gray else 3, served, mean, std, train.classes,
