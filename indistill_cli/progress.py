@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -15,6 +17,17 @@ _QUIET = False
 def set_quiet(quiet: bool) -> None:
     global _QUIET
     _QUIET = quiet
+
+
+@contextmanager
+def silenced() -> Iterator[None]:
+    """No progress, notices or tables inside (a command that runs others for their numbers only)."""
+    global _QUIET
+    was, _QUIET = _QUIET, True
+    try:
+        yield
+    finally:
+        _QUIET = was
 
 
 def main_process() -> bool:

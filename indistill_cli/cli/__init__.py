@@ -4,7 +4,8 @@ and one short module per command that only parses its options and calls its stag
 from indistill_cli.cli.app import app
 
 # registered in this order, which `indistill --help` lists
-from indistill_cli.cli import train, prune, evaluate, inspect, warmup, distill, methods, retrieve, pipeline  # noqa: E402,F401,I001
+from indistill_cli.cli import (  # noqa: E402,F401,I001
+    train, prune, evaluate, inspect, warmup, distill, methods, retrieve, pipeline, compare, export)
 
 
 def main() -> None:

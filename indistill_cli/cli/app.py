@@ -52,7 +52,9 @@ def run(fn: Callable[[], Any], as_json: bool, quiet: bool = False, output: str |
         progress.console.print(str(e), style="yellow", soft_wrap=True, markup=False)
         raise typer.Exit(e.exit_code) from None
     except IndistillError as e:
-        progress.console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        from rich.markup import escape
+
+        progress.console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)  # brackets are text
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         progress.console.print("[red]interrupted[/red]")

@@ -26,19 +26,20 @@ def inspect(checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, or 
     run(body, o["json_out"], quiet=o["json_out"])
 
 
-def _listing(name: str, doc: str, build: str) -> None:
-    """A read-only listing command: a table on stderr, the rows as JSON with --json."""
+def _listing(name: str, doc: str, build: str, *shared: str) -> None:
+    """A read-only listing command: a table on stderr, the rows as JSON with --json; `shared`: the shared
+    options it takes, passed to `build` in that order."""
     def listing(**o: Any) -> None:
         def body() -> Any:
             from indistill_cli.stages import inspect as views
 
-            return getattr(views, build)()
+            return getattr(views, build)(*(o[k] for k in shared))
 
         run(body, o["json_out"], quiet=o["json_out"])
 
     listing.__name__ = listing.__qualname__ = name
     listing.__doc__ = doc
-    command(app, ("json_out",))(listing)
+    command(app, (*shared, "json_out"))(listing)
 
 
 _listing("models", """List the native architectures with parameters, taps and embedding size.
@@ -52,4 +53,6 @@ _listing("datasets", """List the built-in datasets and which are available local
     Example:
 
         indistill datasets
-    """, "list_datasets")
+
+        indistill datasets --data-root /mnt/datasets
+    """, "list_datasets", "data_root")

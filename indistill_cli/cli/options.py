@@ -68,7 +68,7 @@ SHARED: dict[str, Shared] = {
 # groups, in the order --help lists them
 OPTIM = ("optimizer", "lr", "momentum", "weight_decay", "nesterov", "schedule", "milestones", "gamma", "warmup_epochs")
 RUNTIME = ("seed", "device", "precision", "channels_last", "augment", "deterministic", "compile_student", "sync_bn")
-SPLIT = ("val_fraction", "data_root", "image_size")
+SPLIT = ("val_fraction", "data_root", "image_size", "cache")
 RESUMABLE = ("skip_nonfinite", "resume", "save_every", "state_dir", "strict")
 OUTPUT = ("force", "json_out", "quiet")
 RUN_PARAMS = {m.metadata[KEY]["param"] or m.name: m.name for m in declared(RunOptions)}  # parameter -> field

@@ -24,6 +24,7 @@ class DataInfo:
     flip: bool = True  # horizontal flips are label-preserving (not for digits)
     pad: int = 4  # random-crop padding
     source_size: tuple[int, int] | None = None  # the stored images' size when it differs from image_size
+    notes: dict[str, Any] | None = None  # how an image folder's size, channels and cache were decided
 
     @property
     def stored_size(self) -> tuple[int, int]:
@@ -38,7 +39,26 @@ class DataInfo:
         if self.source_size and tuple(self.source_size) != tuple(self.image_size):
             out["source_size"] = list(self.source_size)
             out["serving"] = self.serving()
+        if self.notes:
+            out["folder"] = self.notes
         return out
+
+
+# CIFAR-style native families (cnn3 with unpadded convs above all) are built for 32x32: a 28x28 set is
+# served zero-padded to 32x32 by default (as LeNet-style setups do), so cnn3 sees the whole image and
+# its taps are 15/6/2 as in the paper instead of 13/5/1 over the top-left 22x22 pixels.
+SERVE_28_AT = 32
+
+
+def serve_size(stored: tuple[int, int], requested: int | None) -> tuple[int, int]:
+    """The size models see: --image-size when given, 32 for 28x28 sets, else the stored size."""
+    if requested is not None:
+        if not 8 <= requested <= 4096:
+            raise BadInput(f"--image-size must be between 8 and 4096 pixels, got {requested}")
+        return (requested, requested)
+    if tuple(stored) == (28, 28):
+        return (SERVE_28_AT, SERVE_28_AT)
+    return tuple(stored)  # type: ignore[return-value]
 
 
 def serving_phrase(stored: Any, size: Any) -> str:

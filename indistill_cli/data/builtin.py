@@ -18,8 +18,10 @@ from pathlib import Path
 import torch
 
 from indistill_cli.data.base import DataInfo, Split
+from indistill_cli.data.memory import check_fits
 from indistill_cli.errors import BadInput
 
+MAX_CLASSES = 1_000_000  # as many as a model spec may declare
 PACKAGE_DATA = Path(__file__).parent.parent / "data_files"
 SYSTEM_DIRS = [Path("/usr/share/datasets"), Path("/usr/local/share/datasets")]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -154,8 +156,12 @@ def _synthetic(spec: str, seed: int) -> tuple[DataInfo, Split, Split]:
         assert c > 0 and h > 0 and w > 0 and k > 1 and n > 0
     except (ValueError, AssertionError):
         raise BadInput(f"synthetic:{spec}: expected synthetic:CxHxW:CLASSES:N, e.g. synthetic:3x32x32:10:5000") from None
-    g = torch.Generator().manual_seed(seed)
+    if k > MAX_CLASSES:
+        raise BadInput(f"synthetic:{spec}: {k} classes; at most {MAX_CLASSES:,} are supported")
     n_test = max(k, n // 5)
+    check_fits((n + n_test) * c * h * w, f"synthetic:{spec}: {n + n_test:,} images of {c}x{h}x{w} (train + test)",
+               "ask for fewer or smaller images")
+    g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n + n_test, c, h, w), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, k, (n + n_test,), generator=g)
     info = DataInfo(f"synthetic:{spec}", k, c, (h, w), [0.5] * c, [0.289] * c, [str(i) for i in range(k)])

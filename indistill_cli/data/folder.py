@@ -1,9 +1,12 @@
-"""ImageFolder datasets (ImageNet-style trees) streamed through a DataLoader with workers.
+"""ImageFolder datasets (ImageNet-style trees): decoded once into memory when they fit, else streamed.
 
-Layout: PATH/train/CLASS/*.jpg plus PATH/val/ or PATH/test/ (either name). Images are decoded and
-augmented in worker processes (random-resized crop + flip for training, resize + centre crop for
-evaluation), delivered as uint8 and normalised on the device like the tensor path. Unreadable images
-are skipped and counted, so one corrupt JPEG does not end a day-long run.
+Layout: PATH/train/CLASS/*.jpg plus PATH/val/ or PATH/test/ (either name). The training images' headers
+decide the defaults: their own size when they share one (else 224), one channel when every image is
+grayscale. A folder whose decoded images fit the memory budget (`--cache auto`, or `ram`) is decoded
+once into uint8 tensors and served like the built-in sets (`TensorLoader`: device-side crop + flip);
+otherwise images are decoded and augmented in DataLoader workers every epoch (random-resized crop + flip
+for training, resize + centre crop for evaluation) and normalised on the device. Unreadable images are
+skipped and counted, so one corrupt JPEG does not end a day-long run.
 """
 
 from __future__ import annotations
@@ -16,13 +19,19 @@ from typing import Any
 
 import torch
 
-from indistill_cli.data.base import Batch, Dataset, DataInfo
+from indistill_cli.data.base import Batch, Dataset, DataInfo, Split, serve_size, serving_phrase
+from indistill_cli.data.images import Survey, Unreadable, decode, fit_stored, read_image, survey
+from indistill_cli.data.memory import check_fits, gib, host_available
 from indistill_cli.data.pixels import Normalise
 from indistill_cli.data.sharding import ShardedLoader
 from indistill_cli.data.splits import carve_val
+from indistill_cli import progress
 from indistill_cli.errors import BadInput
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+DEFAULT_SIZE = 224  # images of mixed sizes are served at this size unless --image-size says otherwise
+CACHE_MODES = ("auto", "ram", "off")
+AUTO_BUDGET = 2 * 2**30  # --cache auto decodes a folder into memory up to this (and half the free memory)
 
 EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -64,50 +73,126 @@ def scan(folder: Path, classes: list[str] | None = None) -> FolderSplit:
     return FolderSplit(items, classes, folder.name)
 
 
-def load_imagefolder(path: Path, val_fraction: float, image_size: int) -> Dataset:
-    """PATH/train plus PATH/val (or PATH/test) as a dataset served at `image_size`."""
+def _trees(path: Path) -> tuple[FolderSplit, FolderSplit]:
+    """PATH/train and PATH/val (or PATH/test), scanned."""
     if not path.is_dir():
         raise BadInput(f"imagefolder:{path}: folder not found")
     train = scan(path / "train")
     test_dir = next((path / n for n in ("val", "test") if (path / n).is_dir()), None)
     if test_dir is None:
         raise BadInput(f"imagefolder:{path}: needs a val/ or test/ folder beside train/")
-    test = scan(test_dir, train.classes)
-    info = DataInfo(f"imagefolder:{path}", len(train.classes), 3, (image_size, image_size), IMAGENET_MEAN,
-                    IMAGENET_STD, train.classes, True, 0)
+    return train, scan(test_dir, train.classes)
+
+
+def _sizes(sv: Survey, image_size: int | None) -> tuple[tuple[int, int], tuple[int, int], str]:
+    """(served, stored, what the images are and what models see): --image-size, else the images' own size when they share one
+    (28x28 served at 32x32 like the built-in sets), else 224. Stored: their own size when it fits in the
+    served one (padded per batch), else the served size (resized and centre-cropped once)."""
+    common = sv.common
+    sample = f" (a sample of {sv.probed:,})" if sv.probed < sv.total else ""
+    colour = "grayscale" if sv.gray else "colour"
+    if common:
+        what = f"all {sv.total:,} training images are {common[0]}x{common[1]} {colour}{sample}"
+    else:
+        shown = ", ".join(f"{h}x{w}" for (h, w), _ in sv.sizes.most_common(2))
+        what = f"training images differ in size ({len(sv.sizes)} sizes{sample}, e.g. {shown}), {colour}"
+    if image_size is not None:
+        served = serve_size((image_size, image_size), image_size)
+    elif common:
+        served = serve_size((max(common),) * 2, None)  # type: ignore[arg-type]
+    else:
+        served = (DEFAULT_SIZE, DEFAULT_SIZE)
+    fits = common is not None and common[0] <= served[0] and common[1] <= served[1]
+    stored = common if fits else served
+    s = f"{served[0]}x{served[1]}"
+    sees = serving_phrase(stored, served) if fits else \
+        f"{common[0]}x{common[1]} images resized and centre-cropped to {s}" if common else \
+        f"images resized and centre-cropped to {s}"
+    return served, stored, f"{what}; models see {sees}"  # type: ignore[return-value]
+
+
+def _decoded(part: FolderSplit, mode: str, stored: tuple[int, int], strict: bool) -> Split:
+    """A split decoded once into uint8 tensors (unreadable images dropped and counted, or --strict)."""
+    images, bad = decode([p for p, _ in part.items], mode, stored, f"decode {part.name}")
+    unreadable(bad, part.name, strict)
+    labels = part.labels
+    if bad:
+        gone = set(bad)
+        keep = torch.tensor([p not in gone for p, _ in part.items])
+        images, labels = images[keep], labels[keep]
+    return Split(images, labels, part.name)
+
+
+def _cache_plan(cache: str, nbytes: int) -> tuple[bool, str]:
+    """(decode into memory?, the phrase saying which path and why)."""
+    if cache not in CACHE_MODES:
+        raise BadInput(f"--cache must be auto, ram or off, got '{cache}'")
+    size = gib(nbytes)
+    if cache == "off":
+        return False, "streamed from disk every epoch (--cache off)"
+    if cache == "ram":
+        check_fits(nbytes, f"decoding the image folder ({size} of uint8 pixels)",
+                   "use --cache off to stream the images from disk instead")
+        return True, f"decoded once into memory ({size}, --cache ram)"
+    budget = min(AUTO_BUDGET, (host_available() or AUTO_BUDGET * 2) // 2)
+    if nbytes <= budget:
+        return True, f"decoded once into memory ({size}; --cache off streams instead)"
+    return False, (f"streamed from disk every epoch (decoded they would take {size}, over the {gib(budget)} of "
+                   f"--cache auto; --cache ram decodes anyway)")
+
+
+def load_imagefolder(path: Path, val_fraction: float, image_size: int | None = None, cache: str = "off",
+                     strict: bool = False) -> Dataset:
+    """PATH/train plus PATH/val (or PATH/test): sizes and channels from the training images' headers, the
+    splits decoded into memory or streamed (`cache`); one line on stderr says what was chosen."""
+    train, test = _trees(path)
+    sv = survey([p for p, _ in train.items], "read image headers")
+    served, stored, what = _sizes(sv, image_size)
+    gray = sv.gray
+    mean, std = ([sum(IMAGENET_MEAN) / 3], [sum(IMAGENET_STD) / 3]) if gray else (IMAGENET_MEAN, IMAGENET_STD)
+    nbytes = (len(train) + len(test)) * (1 if gray else 3) * stored[0] * stored[1]
+    cached, how = _cache_plan(cache, nbytes)
+    channels = f"{1 if gray else 3} channel{'' if gray else 's'}"
+    progress.info(f"imagefolder:{path}: {what}, {channels}{'' if image_size else ' (--image-size N to change)'}; "
+                  f"{how}")
+    notes = {"images": what.split("; ")[0], "size": f"--image-size {image_size}" if image_size else
+             ("the images' own" if sv.common else f"default {DEFAULT_SIZE}"), "channels": 1 if gray else 3,
+             "cache": "ram" if cached else "stream", "decoded_bytes": nbytes}
+    info = DataInfo(f"imagefolder:{path}", len(train.classes), 1 if gray else 3, served, mean, std, train.classes,
+                    True, max(1, round(min(stored) / 8)), stored, notes)
     tr, val = carve_val(train, val_fraction)
+    if cached:
+        mode = "L" if gray else "RGB"
+        tr, val, test = (_decoded(p, mode, stored, strict) if p is not None else None for p in (tr, val, test))
     return Dataset(info, tr, val, test, str(path))
 
 
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, split: FolderSplit, size: int, train: bool, mode: str = "RGB") -> None:
+    def __init__(self, split: FolderSplit, stored: tuple[int, int], train: bool, mode: str = "RGB") -> None:
         from torchvision.transforms import v2
 
-        self.items, self.mode = split.items, mode
-        if train:
-            self.tf = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
-        else:
-            self.tf = v2.Compose([v2.Resize(int(math.ceil(size * 256 / 224)), antialias=True), v2.CenterCrop(size)])
+        self.items, self.mode, self.stored = split.items, mode, tuple(stored)
+        self.tf = v2.Compose([v2.RandomResizedCrop(self.stored, antialias=True), v2.RandomHorizontalFlip()]) \
+            if train else None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> Any:
-        from PIL import Image, UnidentifiedImageError
-        from torchvision.transforms.v2.functional import pil_to_tensor
-
         path, y = self.items[i]
         try:  # grayscale, RGB, RGBA and palette files all load as the model's channels (alpha dropped)
-            with Image.open(path) as im:
-                if im.mode in ("P", "PA"):
-                    im = im.convert("RGBA")  # palette transparency: convert via RGBA (no PIL warning)
-                img = pil_to_tensor(im.convert(self.mode))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            img = read_image(path, self.mode)
+        except BadInput as e:  # a decompression bomb: an error in the main process, not a worker's traceback
+            return e
+        if isinstance(img, Unreadable):
             return path  # unreadable: the loader counts it (or stops, with --strict)
-        return self.tf(img), y, i
+        return (self.tf(img) if self.tf else fit_stored(img, self.stored)), y, i
 
 
 def _collate(rows: list[Any]) -> Any:
+    refused = next((r for r in rows if isinstance(r, BadInput)), None)
+    if refused is not None:
+        return None, [refused]
     good = [r for r in rows if not isinstance(r, str)]
     bad = [r for r in rows if isinstance(r, str)]
     if not good:
@@ -117,6 +202,19 @@ def _collate(rows: list[Any]) -> Any:
 
 
 _REPORTED: set[str] = set()  # unreadable files already reported by this process (one warning each)
+
+
+def unreadable(paths: list[str], split: str, strict: bool) -> None:
+    """--strict: the first unreadable image is BadInput; else one warning naming how many were skipped."""
+    if paths and strict:
+        raise BadInput(f"{paths[0]}: unreadable image (--strict); remove or replace it, or drop --strict "
+                       f"to skip unreadable images")
+    new = [p for p in paths if p not in _REPORTED]
+    if new:
+        _REPORTED.update(new)
+        progress.console.print(f"[yellow]warning:[/yellow] skipped {len(new)} unreadable image"
+                               f"{'s' if len(new) > 1 else ''} in {split} (e.g. {new[0]}); --strict "
+                               f"stops on them instead", soft_wrap=True)
 
 
 class FolderLoader(ShardedLoader):
@@ -129,15 +227,17 @@ class FolderLoader(ShardedLoader):
                  channels_last: bool = False, workers: int | None = None, strict: bool = False) -> None:
         super().__init__(len(split), batch_size, shuffle, seed, drop_last, rank, world)
         self.device = torch.device(device)
-        size = int((model_size or info.image_size)[0])
-        gray = model_channels == 1  # a 1-channel model reads the folder as grayscale
-        self.ds = _Images(split, size, augment, "L" if gray else "RGB")
+        size = tuple(model_size or info.image_size)
+        # grayscale data or a 1-channel model: files are read as gray ("L"), repeated for an RGB model
+        read_gray = info.in_channels == 1 or model_channels == 1
+        repeat = model_channels if read_gray and model_channels and model_channels > 1 else 1
+        self.ds = _Images(split, info.stored_size, augment, "L" if read_gray else "RGB")
         self.split_name, self.strict = split.name or "images", strict
         self.workers = workers if workers is not None else min(8, max(1, (torch.get_num_threads() or 2) - 1))
         self.skipped = 0
         # the tensor path's normalisation, so both paths produce identical floats
-        self.to_float = Normalise(info.mean, info.std, self.device, (size, size), channels_last=channels_last,
-                                  gray=gray)
+        self.to_float = Normalise(info.mean, info.std, self.device, size, repeat, channels_last,
+                                  gray=model_channels == 1 and info.in_channels == 3)
 
     def __iter__(self) -> Iterator[Any]:
         skip, self._skip = self._skip, 0
@@ -148,20 +248,14 @@ class FolderLoader(ShardedLoader):
             pin_memory=self.device.type == "cuda", persistent_workers=False)
         bad_paths: list[str] = []
         for batch, bad in loader:
-            self.skipped += len(bad)
+            if bad and isinstance(bad[0], BadInput):
+                raise bad[0]
             if bad and self.strict:
-                raise BadInput(f"{bad[0]}: unreadable image (--strict); remove or replace it, or drop --strict "
-                               f"to skip unreadable images")
+                unreadable(bad, self.split_name, True)
+            self.skipped += len(bad)
             bad_paths += bad
             if batch is None:
                 continue
             x, y, i = (t.to(self.device, non_blocking=True) for t in batch)
             yield Batch(self.to_float(x), y, i)
-        new = [p for p in bad_paths if p not in _REPORTED]
-        if new:
-            from indistill_cli import progress
-
-            _REPORTED.update(new)
-            progress.console.print(f"[yellow]warning:[/yellow] skipped {len(new)} unreadable image"
-                                   f"{'s' if len(new) > 1 else ''} in {self.split_name} (e.g. {new[0]}); --strict "
-                                   f"stops on them instead", soft_wrap=True)
+        unreadable(bad_paths, self.split_name, False)

@@ -41,9 +41,13 @@ def fit_size(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, the weights of PIL's convert("L")
+
+
 class Normalise:
     """uint8 (N, C, H, W) -> normalised float at the model's channels (`repeat`: grayscale to RGB), size and
-    memory layout. `gray`: the data's mean/std averaged to one channel (a 1-channel model reading RGB files)."""
+    memory layout. `gray`: a 1-channel model reading RGB files: the data's mean/std averaged to one channel,
+    and RGB pixels (the cached folder path) turned to luma."""
 
     def __init__(self, mean: list[float], std: list[float], device: Any, model_size: tuple[int, int],
                  repeat: int = 1, channels_last: bool = False, gray: bool = False) -> None:
@@ -54,11 +58,14 @@ class Normalise:
         m, s = m.repeat(1, repeat, 1, 1), s.repeat(1, repeat, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * s), m / s
         self.repeat, self.model_size, self.channels_last = repeat, tuple(model_size), channels_last
+        self.luma = torch.tensor(LUMA, device=device).view(1, 3, 1, 1) if gray else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.repeat > 1:
             x = x.repeat(1, self.repeat, 1, 1)
         x = x.float()
+        if self.luma is not None and x.shape[1] == 3:  # RGB pixels for a 1-channel model: luma, as PIL's "L"
+            x = (x * self.luma).sum(1, keepdim=True)
         if tuple(x.shape[-2:]) != self.model_size:  # before normalising: padding is black (pixel 0), not the mean
             x = fit_size(x, self.model_size)
         x = x.mul_(self.scale).sub_(self.shift)

@@ -30,11 +30,12 @@ class TensorLoader(ShardedLoader):
         self.labels = split.labels.to(self.device)
         self.info, self.augment = info, augment
         c = info.in_channels
-        repeat = (model_channels // c) if model_channels and model_channels != c else 1
-        if model_channels and model_channels != c and (c != 1 or model_channels % c):
+        gray = model_channels == 1 and c == 3 and info.name.startswith("imagefolder:")  # colour files, gray model
+        repeat = (model_channels // c) if model_channels and model_channels != c and not gray else 1
+        if model_channels and model_channels != c and not gray and (c != 1 or model_channels % c):
             raise BadInput(f"the model takes {model_channels}-channel input but {info.name} has {c} channels")
         self.to_float = Normalise(info.mean, info.std, self.device, tuple(model_size or info.image_size), repeat,
-                                  channels_last)
+                                  channels_last, gray)
 
     def _plan(self) -> torch.Tensor:
         """This epoch's order and augmentation draws as one int64 (4, n) tensor on the device.

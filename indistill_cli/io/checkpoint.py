@@ -14,11 +14,13 @@ import json
 import os
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from indistill_cli.errors import BadInput
+from indistill_cli.io import jsontext
 from indistill_cli.io.atomic import atomic_write
 
 FORMAT = "indistill/1"
@@ -120,12 +122,8 @@ def parse_header(data: bytes, where: str) -> dict[str, Any]:
         raise BadInput(f"{where}: not a safetensors checkpoint (declared header of {n} bytes is implausible)")
     if 8 + n > len(data):
         raise BadInput(f"{where}: truncated checkpoint (header needs {8 + n} bytes, file has {len(data)})")
-    try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadInput(f"{where}: not a safetensors checkpoint (header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise BadInput(f"{where}: not a safetensors checkpoint (header is not a JSON object)")
+    header = _parsed(data[8 : 8 + n], dict, lambda why: f"{where}: not a safetensors checkpoint (header {why})",
+                     "not JSON", "is not a JSON object")
     body = len(data) - 8 - n
     end = 0
     for name, entry in header.items():
@@ -144,16 +142,25 @@ def parse_header(data: bytes, where: str) -> dict[str, Any]:
     return header
 
 
+def _parsed(text: Any, kind: type, message: Callable[[str], str], not_json: str, wrong_kind: str) -> Any:
+    """JSON of the header or of a metadata field, each failure one line (`message` of what is wrong);
+    nesting is bounded (jsontext), so a forged file cannot raise RecursionError."""
+    try:
+        value = jsontext.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except jsontext.TooDeep as e:
+        raise BadInput(message(f"is {e}; corrupt or forged")) from None
+    except (UnicodeDecodeError, TypeError, json.JSONDecodeError):
+        raise BadInput(message(f"is {not_json}")) from None
+    if not isinstance(value, kind):
+        raise BadInput(message(wrong_kind))
+    return value
+
+
 def _json_field(meta: dict[str, str], key: str, where: str, kind: type) -> Any:
     if key not in meta:
         raise BadInput(f"{where}: metadata has no '{key}' (not written by indistill?)")
-    try:
-        value = json.loads(meta[key])
-    except (TypeError, json.JSONDecodeError):
-        raise BadInput(f"{where}: metadata '{key}' is not valid JSON") from None
-    if not isinstance(value, kind):
-        raise BadInput(f"{where}: metadata '{key}' should be a JSON {kind.__name__}")
-    return value
+    return _parsed(meta[key], kind, lambda why: f"{where}: metadata '{key}' {why}", "not valid JSON",
+                   f"should be a JSON {kind.__name__}")
 
 
 def from_bytes(data: bytes, where: str = "<bytes>") -> Checkpoint:
@@ -167,6 +174,9 @@ def from_bytes(data: bytes, where: str = "<bytes>") -> Checkpoint:
     meta = header.get("__metadata__")
     if not isinstance(meta, dict):
         raise BadInput(f"{where}: safetensors file without indistill metadata (not an indistill checkpoint)")
+    if meta.get("format") == "indistill-adapters/1":
+        raise BadInput(f"{where}: is a KD adapters sidecar (written by `indistill distill --adapters`), not a model "
+                       f"checkpoint")
     if meta.get("format") != FORMAT:
         raise BadInput(f"{where}: unknown checkpoint format {meta.get('format')!r} (expected {FORMAT!r})")
     role = meta.get("role")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from indistill_cli.errors import BadInput
+from indistill_cli.io import jsontext
 from indistill_cli.io.atomic import atomic_write
 from indistill_cli.io.paths import sibling
 
@@ -54,7 +55,7 @@ def load_plan(path: str, student_sha256: str | None) -> tuple[dict[str, dict[str
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
-        plan: dict[str, Any] = json.loads(meta["optim"])
+        plan: dict[str, Any] = jsontext.loads(meta["optim"])
         done = int(meta["done_epochs"])
         if not isinstance(plan, dict):
             raise ValueError("the plan is not a JSON object")

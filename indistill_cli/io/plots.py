@@ -71,3 +71,20 @@ def plot_tap_bars(values: dict[str, float], path: str | Path, title: str) -> Non
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     _save(fig, plt, path)
+
+
+def plot_tradeoff(points: list[tuple[str, float, float]], path: str | Path, xlabel: str, ylabel: str,
+                  title: str) -> None:
+    """One labelled point per model (e.g. top-1 against latency): what each step of compression bought."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for i, (label, x, y) in enumerate(points):
+        ax.scatter([x], [y], s=40, color="#c44e52" if i == 0 else "#4c72b0", zorder=3)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.margins(0.15)  # room for the labels of the outermost points
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, plt, path)

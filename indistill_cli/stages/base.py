@@ -40,6 +40,7 @@ class Stage:
     """One command's run. `out`: its output checkpoint (None: it writes none); `opts`: the shared options."""
 
     name: ClassVar[str]
+    loads_data: bool = True  # False: the stage reads its own data (or none); the session has no dataset
 
     def __init__(self, out: str | None, opts: RunOptions, force: bool = False) -> None:
         self.out, self.opts, self.force = out, opts, force
@@ -82,7 +83,7 @@ class Stage:
             self.state.check()
         self.t0 = time.perf_counter()
         self.prepare()
-        s = self.session = open_session(self.opts)
+        s = self.session = open_session(self.opts, self.loads_data)
         summary = self.execute(s)
         if s.rt.is_main:
             self.write(s, summary)

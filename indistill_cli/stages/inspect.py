@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from indistill_cli import progress
@@ -32,6 +33,8 @@ def inspect_checkpoint(src: str) -> dict[str, Any]:
         ["parameters", f"{n_params:,}"], ["embedding", f"{sp.get('embedding', {}).get('name')} "
                                                        f"({sp.get('embedding', {}).get('dim')}-d)"],
         ["dataset", c.info.get("dataset", {}).get("name", "?")],
+        *([["images", "{images}; size: {size}; {channels} channel(s); cache: {cache}".format(**folder)]]
+          if (folder := c.info.get("dataset", {}).get("folder")) else []),
         *([["sees", f"{sees['serving']}; {sees['text']}"]] if sees else []), ["sha256", c.sha256[:16]]])
     pruning = c.info.get("pruning")
     kept = {p["teacher_tap"]: p for p in pruning["pairs"]} if pruning else {}
@@ -84,14 +87,15 @@ def list_models_table() -> list[dict[str, Any]]:
     return out
 
 
-def list_datasets() -> list[dict[str, Any]]:
-    """Built-in datasets and where a local copy was found (nothing is downloaded)."""
+def list_datasets(root: str | None = None) -> list[dict[str, Any]]:
+    """Built-in datasets and where a local copy was found (nothing is downloaded); `root`: --data-root."""
+    where_root = Path(root) if root else data_root()
     out = [{"name": "fashion-mnist-mini", "available": True, "where": str(PACKAGE_DATA / "fashion_mnist_mini"),
             "note": "embedded 10k/2k Fashion-MNIST subset"}]
     for name in BUILTIN:
-        where = locate(name)
+        where = locate(name, where_root)
         out.append({"name": name, "available": where is not None, "where": str(where) if where else "",
-                    "note": "" if where else f"not found locally (downloads into {data_root()} when online)"})
+                    "note": "" if where else f"not found locally (downloads into {where_root} when online)"})
     out.append({"name": "imagefolder:PATH", "available": True, "where": "", "note": "PATH/train/CLASS/*, PATH/val/"})
     out.append({"name": "synthetic:CxHxW:K:N", "available": True, "where": "", "note": "random tensors, by seed"})
     progress.table("datasets", ["name", "local", "where / note"],

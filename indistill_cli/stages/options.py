@@ -25,7 +25,11 @@ class RunOptions:
     val_fraction: float = option(0.1, help="Share of train held out for checkpoint selection.")
     image_size: int | None = option(None, help="Size models see (square): smaller images are zero-padded "
                                     "(centred), larger resized. Default: 32 for 28x28 sets (so CIFAR-style models "
-                                    "see the whole image), the stored size for others, 224 for imagefolder.")
+                                    "see the whole image), the stored size for others; for imagefolder the images' "
+                                    "own size when they share one, else 224.")
+    cache: str = option("auto", help="Image folders: ram decodes the images once into memory and serves them like "
+                        "the built-in sets; off streams them from disk every epoch; auto: ram when they fit in 2 GiB "
+                        "and half the free memory.")
     batch_size: int = option(128, "--batch-size", "-b", help="Training batch size.")
     eval_batch_size: int = option(256, help="Evaluation batch size.", tunable=True)
     seed: int = option(0, help="Random seed (same seed = bitwise-identical result on CPU).")
@@ -65,6 +69,8 @@ class RunOptions:
             raise BadInput(f"--eval-batch-size must be at least 1, got {self.eval_batch_size}")
         if not 0 <= self.val_fraction < 1:
             raise BadInput(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.cache not in ("auto", "ram", "off"):
+            raise BadInput(f"--cache must be auto, ram or off, got '{self.cache}'")
         if self.skip_nonfinite < 0:
             raise BadInput(f"--skip-nonfinite must be >= 0, got {self.skip_nonfinite}")
 

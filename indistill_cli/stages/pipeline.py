@@ -29,6 +29,7 @@ from indistill_cli import progress
 from indistill_cli.data import load_dataset
 from indistill_cli.engine.schedule import OptimConfig
 from indistill_cli.errors import BadInput
+from indistill_cli.io import jsontext
 from indistill_cli.io.atomic import atomic_write
 from indistill_cli.io.checkpoint import load_checkpoint, looks_like_checkpoint
 from indistill_cli.models import make_spec
@@ -298,8 +299,8 @@ def estimate(cfg: PipelineConfig, stages: list[PlannedStage]) -> dict[str, float
 
 def _load_manifest(d: Path) -> dict[str, Any]:
     try:
-        return json.loads((d / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
+        return jsontext.loads((d / MANIFEST).read_text())
+    except (OSError, ValueError):  # unreadable, not JSON, or nested absurdly deep
         return {"stages": {}}
 
 

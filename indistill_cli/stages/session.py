@@ -5,12 +5,38 @@ One function so `train`, `warmup` and `distill` cannot drift apart in how they s
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from indistill_cli.data import Dataset, load_dataset, make_loader
+from indistill_cli.data.memory import check_fits
 from indistill_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
+from indistill_cli.models import spec_name
+from indistill_cli.models.footprint import activation_bytes
+from indistill_cli.pruning.rebuild import build
 from indistill_cli.stages.options import RunOptions
+
+
+@functools.lru_cache(maxsize=16)
+def _footprint(spec_json: str) -> tuple[int, int] | None:
+    spec = json.loads(spec_json)
+    return activation_bytes(lambda: build(spec), spec["in_channels"], tuple(spec["input_size"]))
+
+
+def check_batch(spec: dict[str, Any], batch: int, training: bool, device: Any) -> None:
+    """Refuse a batch whose activations cannot fit in free memory, before one is made: the cost of one image
+    (models.footprint) times the batch; half the leaf outputs while training (in-place ops, autocast), twice
+    the largest one when only evaluating."""
+    per = _footprint(json.dumps(spec, sort_keys=True))
+    if per is None:
+        return
+    need = batch * (per[0] // 2 if training else 2 * per[1])
+    c, (h, w) = spec["in_channels"], spec["input_size"]
+    kind, opt = ("a training", "--batch-size") if training else ("an evaluation", "--eval-batch-size")
+    check_fits(need, f"{kind} batch of {batch} {c}x{h}x{w} images through {spec_name(spec)} (activations, at least)",
+               f"lower {opt} or --image-size", device)
 
 
 @dataclass
@@ -18,11 +44,12 @@ class Session:
     """A run's runtime, dataset and options, and its loaders for a model spec."""
 
     rt: Runtime
-    ds: Dataset
+    ds: Dataset  # None in a stage that reads no dataset (Stage.loads_data)
     opts: RunOptions
 
     def train_loader(self, spec: dict[str, Any]) -> Any:
         n = len(self.ds.train)
+        check_batch(spec, min(self.opts.batch_size, max(1, n // self.rt.world)), True, self.rt.device)
         return make_loader(self.ds.train, self.ds.info, self.opts.batch_size, device=self.rt.device, shuffle=True,
                            augment=self.opts.augment, seed=self.opts.seed,
                            drop_last=n // self.rt.world > self.opts.batch_size,
@@ -31,6 +58,7 @@ class Session:
                            strict=self.opts.strict)
 
     def eval_loader(self, split: str, spec: dict[str, Any], shard: bool = True) -> Any:
+        check_batch(spec, min(self.opts.eval_batch_size, len(self.ds.split(split))), False, self.rt.device)
         return make_loader(self.ds.split(split), self.ds.info, self.opts.eval_batch_size, device=self.rt.device,
                            model_channels=spec["in_channels"], model_size=tuple(spec["input_size"]),
                            rank=self.rt.rank if shard else 0, world=self.rt.world if shard else 1,
@@ -51,9 +79,11 @@ class Session:
         return "val" if self.ds.val is not None else None
 
 
-def open_session(opts: RunOptions) -> Session:
+def open_session(opts: RunOptions, data: bool = True) -> Session:
+    """The runtime (device, precision, seeds) and, with `data`, the dataset `opts` name."""
     opts.check()
     rt = resolve_runtime(opts.device, opts.precision, opts.channels_last)
     seed_everything(opts.seed + rt.rank, opts.deterministic)
-    ds = load_dataset(opts.data, opts.val_fraction, opts.data_root, opts.image_size, seed=opts.seed)
-    return Session(rt, ds, opts)
+    ds = load_dataset(opts.data, opts.val_fraction, opts.data_root, opts.image_size, seed=opts.seed, cache=opts.cache,
+                      strict=opts.strict) if data else None
+    return Session(rt, ds, opts)  # type: ignore[arg-type]

@@ -1,0 +1,177 @@
+"""`indistill export`: a checkpoint as a deployable file (ONNX, or a `torch.export` .pt2 program) that gives
+the checkpoint's outputs, proved by a parity check before the file is written.
+
+The file is built in memory, run (onnxruntime on CPU, or the loaded program) on a real batch of the
+checkpoint's dataset beside the eager model, and written (atomically) only when the largest absolute
+difference is within the tolerance; otherwise exit 1 and nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from indistill_cli import __version__, progress
+from indistill_cli.data import check_compatible, load_dataset, make_loader
+from indistill_cli.errors import BadInput, RunFailure
+from indistill_cli.io.atomic import atomic_write
+from indistill_cli.io.checkpoint import Checkpoint, load_checkpoint
+from indistill_cli.models import spec_name
+from indistill_cli.models import export as ex
+from indistill_cli.pruning.rebuild import model_from_checkpoint
+from indistill_cli.stages.base import Stage
+from indistill_cli.stages.options import RunOptions
+from indistill_cli.stages.session import Session
+
+FORMATS = {".onnx": "onnx", ".pt2": "torch-export"}
+OUTPUTS = ("logits", "embedding")
+
+
+def deployable_checkpoint(src: str) -> Checkpoint:
+    """A checkpoint that is a model one can ship: not embeddings, not a probe-mode pruned teacher (the whole
+    teacher plus the channels pruning kept); a chained pruned teacher is a real, smaller model."""
+    ck = load_checkpoint(src)
+    if ck.role == "embeddings":
+        raise BadInput(f"{ck.source}: is an embeddings file (from `indistill retrieve --export`), not a model")
+    if ck.role == "pruned-teacher" and (ck.info.get("pruning") or {}).get("mode") != "chained":
+        raise BadInput(f"{ck.source}: is a pruned teacher in probe mode (the full teacher plus the channels `prune` "
+                       f"kept, a warmup target), not a model to ship; export the teacher's or the student's checkpoint")
+    return ck
+
+
+def norm_of(ck: Checkpoint) -> dict[str, Any]:
+    """The normalisation the model was trained with: its spec's, else its dataset's."""
+    norm = ck.spec.get("norm") or {}
+    ds = ck.info.get("dataset") or {}
+    return norm if norm.get("mean") else {"mean": ds.get("mean"), "std": ds.get("std")}
+
+
+def parity_batch(ck: Checkpoint, opts: RunOptions, data: str | None, n: int) -> tuple[torch.Tensor, str]:
+    """The first `n` test images of the checkpoint's dataset (or `data`) as the model sees them; random
+    inputs, with a warning, when that dataset is not here and no --data was given."""
+    spec = ck.spec
+    name = data or (ck.info.get("dataset") or {}).get("name")
+    try:
+        if not name:
+            raise BadInput("the checkpoint names no dataset")
+        ds = load_dataset(name, 0.0, opts.data_root, int(spec["input_size"][0]), seed=0, download=False)
+        check_compatible(ds.info, spec, ck.source)
+        loader = make_loader(ds.test, ds.info, n, model_channels=spec["in_channels"],
+                             model_size=tuple(spec["input_size"]))
+        x = next(iter(loader)).x.contiguous()
+        return x, f"{len(x)} test images of {ds.info.name}"
+    except BadInput as e:
+        if data:
+            raise
+        progress.warn(f"parity checked on random inputs: {e}")
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, spec["in_channels"], *spec["input_size"], generator=g), f"{n} random inputs"
+
+
+class Export(Stage):
+    name = "export"
+    loads_data = False  # the parity batch is read from the checkpoint's own dataset (parity_batch)
+
+    def __init__(self, ckpt: str, out: str, opts: RunOptions, fmt: str = "auto", output: str = "logits",
+                 include_normalize: bool = False, check_parity: bool = True, tolerance: float = 1e-4,
+                 parity_images: int = 32, data: str | None = None, force: bool = False) -> None:
+        super().__init__(out, opts, force)
+        self.ckpt, self.fmt, self.output, self.include_normalize = ckpt, fmt, output, include_normalize
+        self.check_parity, self.tolerance, self.parity_images, self.data = check_parity, tolerance, parity_images, data
+
+    def check(self) -> None:
+        if self.out == "-":
+            raise BadInput("-o -: export writes a file (model.onnx or model.pt2), not stdout")
+        if self.fmt == "auto":
+            self.fmt = FORMATS.get(Path(self.out).suffix.lower(), "")
+            if not self.fmt:
+                raise BadInput(f"-o {self.out}: name it .onnx or .pt2, or give --format onnx|torch-export")
+        if self.fmt not in FORMATS.values():
+            raise BadInput(f"--format must be auto, onnx or torch-export, got '{self.fmt}'")
+        if self.output not in OUTPUTS:
+            raise BadInput(f"--output must be logits or embedding, got '{self.output}' (the file is -o/--out)")
+        if not (math.isfinite(self.tolerance) and self.tolerance > 0):
+            raise BadInput(f"--tolerance must be a positive number, got {self.tolerance}")
+        if not 1 <= self.parity_images <= 4096:
+            raise BadInput(f"--parity-images must be in 1..4096, got {self.parity_images}")
+        if self.fmt == "onnx":
+            ex.onnx_available()
+
+    def prepare(self) -> None:
+        self.ck = deployable_checkpoint(self.ckpt)
+
+    def metadata(self, mean: list[float], std: list[float], dim: int) -> dict[str, Any]:
+        """What a deployer needs beside the graph: preprocessing, input, output, provenance."""
+        ck, spec, ds = self.ck, self.ck.spec, self.ck.info.get("dataset") or {}
+        fold = self.include_normalize
+        return {
+            "indistill_version": __version__, "source_checkpoint": Path(ck.source).name, "source_sha256": ck.sha256,
+            "model": spec_name(spec), "dataset": ds.get("name", ""), "classes": ds.get("classes", []),
+            "num_classes": spec["num_classes"], "in_channels": spec["in_channels"], "input_size": spec["input_size"],
+            "input": "float32 NCHW, pixels scaled to [0, 1] (normalised inside the graph)" if fold else
+                     "float32 NCHW, (pixels / 255 - mean) / std per channel",
+            "mean": mean, "std": std, "normalization": "inside" if fold else "outside",
+            "serving": ds.get("serving") or f"{spec['input_size'][0]}x{spec['input_size'][1]} images as they are",
+            "output": self.output, "output_dim": dim,
+            "embedding_tap": spec["embedding"]["name"] if self.output == "embedding" else "",
+        }
+
+    def execute(self, s: Session) -> dict[str, Any]:
+        ck = self.ck
+        model = model_from_checkpoint(ck).eval()
+        mean, std = ex.model_norm(ck.spec, norm_of(ck))
+        tap = ck.spec["embedding"]["name"]
+        eager = ex.Deployable(model, self.output, tap)
+        shipped = ex.Deployable(model, self.output, tap, mean, std) if self.include_normalize else eager
+        x, source = parity_batch(ck, self.opts, self.data, self.parity_images)
+        x_in = x * shipped.std + shipped.mean if self.include_normalize else x  # back to [0, 1] pixels
+        with torch.no_grad():
+            dim = int(eager(x[:1]).shape[1])
+        meta = self.metadata(mean, std, dim)
+        with progress.bar() as bars:
+            bars.add_task(f"export {spec_name(ck.spec)} ({self.fmt})", total=None, status="")
+            data, exporter = (ex.to_onnx if self.fmt == "onnx" else ex.to_pt2)(shipped, x_in[:2].clone(), meta)
+        out: dict[str, Any] = {"output": self.out, "format": self.fmt, "exporter": exporter, "outputs": self.output,
+                               "include_normalize": self.include_normalize, "bytes": len(data), "metadata": meta}
+        if self.check_parity:
+            out["parity"] = self.parity(data, eager, x, x_in, source)
+        self.data_bytes = data
+        out["wall_s"] = round(self.wall(), 3)
+        return out
+
+    def parity(self, data: bytes, eager: ex.Deployable, x: torch.Tensor, x_in: torch.Tensor,
+               source: str) -> dict[str, Any]:
+        """Largest |exported - eager| on the batch; RunFailure (exit 1, nothing written) past the tolerance."""
+        run = ex.onnx_runner(data) if self.fmt == "onnx" else ex.pt2_runner(data)[0]
+        with torch.no_grad():
+            want, got = eager(x), run(x_in)
+        diff = float((got.float() - want.float()).abs().max()) if got.shape == want.shape else math.inf
+        where = "onnxruntime CPU" if self.fmt == "onnx" else "the loaded torch.export program"
+        line = (f"parity: max |exported - eager| = {diff:.2e} on {source} ({where}; tolerance "
+                f"{self.tolerance:.0e}, {self.output})")
+        if not diff <= self.tolerance:
+            raise RunFailure(f"{line}: the exported model does not reproduce the checkpoint; nothing written")
+        progress.info(line)
+        return {"max_abs_diff": diff, "tolerance": self.tolerance, "images": int(x.shape[0]), "inputs": source,
+                "runtime": where}
+
+    def write(self, s: Session, summary: dict[str, Any]) -> None:
+        import hashlib
+
+        atomic_write(self.out, self.data_bytes)
+        summary["sha256"] = hashlib.sha256(self.data_bytes).hexdigest()
+
+    def report(self, summary: dict[str, Any]) -> None:
+        progress.info(f"wrote {self.out} ({summary['format']}, {summary['exporter']} exporter, "
+                      f"{summary['bytes'] / 1024:.0f} KiB, {summary['outputs']}, dynamic batch)")
+
+
+def run_export(ckpt: str, out: str, opts: RunOptions, fmt: str = "auto", output: str = "logits",
+               include_normalize: bool = False, check_parity: bool = True, tolerance: float = 1e-4,
+               parity_images: int = 32, data: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Export `ckpt` to `out` (see `Export`)."""
+    return Export(ckpt, out, opts, fmt, output, include_normalize, check_parity, tolerance, parity_images, data,
+                  force).run()
