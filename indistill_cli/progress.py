@@ -65,8 +65,9 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
         return
     console.print(f"[bold]{title}[/bold]")
     t = Table()
-    for c in columns:
-        t.add_column(c, justify="right" if c not in (columns[0],) else "left")
+    for i, c in enumerate(columns):
+        numeric = i > 0 and all(isinstance(r[i], (int, float)) or r[i] in ("-", None) for r in rows)
+        t.add_column(c, justify="right" if numeric else "left")
     for r in rows:
         t.add_row(*[fmt(v) for v in r])
     console.print(t)

@@ -34,11 +34,13 @@ def method_rows() -> list[dict[str, Any]]:
 
 
 def list_methods() -> list[dict[str, Any]]:
-    """The methods as a table on stderr; the records (the --json answer)."""
+    """The methods on stderr: the recipe table, then each one's citation and what differs from the paper
+    (as lines, so the table stays readable in an 80-column terminal); the records (the --json answer)."""
     rows = method_rows()
     progress.table(f"{len(rows)} KD methods (distill -m NAME[:WEIGHT]; --param NAME.KEY=VALUE)",
-                   ["name", "kind", "reads", "weight", "CE", "hyper-parameters (defaults)", "citation", "note"],
+                   ["name", "kind", "reads", "weight", "CE", "hyper-parameters (defaults)"],
                    [[r["name"], r["kind"], r["reads"], r["default_weight"], r["ce_weight"],
-                     " ".join(f"{k}={progress.fmt(v)}" for k, v in r["hparams"].items()) or "-", r["citation"],
-                     r["note"]] for r in rows])
+                     " ".join(f"{k}={progress.fmt(v)}" for k, v in r["hparams"].items()) or "-"] for r in rows])
+    for r in rows:
+        progress.info(f"{r['name']}: {r['citation']}" + (f". {r['note']}" if r["note"] else ""))
     return rows
