@@ -323,8 +323,9 @@ def markdown(p: Preset, result: dict[str, Any]) -> str:
                      for k, _ in ENDPOINTS]
             lines.append(f"| {r['a']} - {r['b']} | {r['view']} | " + " | ".join(cells) + " |\n")
     if len(s["primary_seeds"]) < 6:
-        lines.append("\nWith 5 seeds the two-sided Wilcoxon test cannot give p < 0.0625 (all five differences of one "
-                     "sign); the t-interval is the primary test.\n")
+        k = len(s["primary_seeds"])
+        lines.append(f"\nWith {k} seeds the two-sided Wilcoxon test cannot give p < {2 / 2 ** k:.4g} (all {k} "
+                     "differences of one sign); the t-interval is the primary test.\n")
     lines.append(f"\nCommand: `{result['command']}`\n")
     return "".join(lines)
 
