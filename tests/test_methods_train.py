@@ -233,5 +233,5 @@ def test_phases_under_torchrun(tmp_path, cli):
     code, out, err = _torchrun("distill", "-t", str(tmp_path / "t.safetensors"), "-s", "cnn3-w0.5", "-m", "ab", "-m",
                                "ft", "--param", "ab.init_epochs=1", "--param", "ft.init_epochs=1", *TINY, "--epochs",
                                "1", "-o", str(tmp_path / "s.safetensors"), "--json", "-q", cwd=tmp_path)
-    assert code == 0, err[-3000:]
+    assert code == 0, err[:3000] + "\n...\n" + err[-3000:]  # the head too: which rank failed first, and where
     assert [p["part"] for p in json.loads(out)["phases"]] == ["ab.init", "ft.paraphraser"]
