@@ -78,6 +78,11 @@ class PipelineConfig:
     keep_flow: float = 0.0  # ours, not the paper's: see distill --keep-flow
     keep_flow_decay: float = 1.0
 
+    @property
+    def prunes(self) -> bool:
+        """The teacher is pruned: the warmup's targets, or the flow view's reference without a warmup."""
+        return self.warmup or self.flow
+
     def check(self) -> None:
         if self.budget not in ("equal", "added"):
             raise BadInput(f"--budget must be equal or added, got '{self.budget}'")
@@ -197,7 +202,7 @@ def _student_stages(cfg: PipelineConfig, source: str, stages: list[PlannedStage]
     continuous = cfg.warmup and cfg.schedule_mode == "continuous"
     student_optim = with_milestone(cfg.distill_optim, warm_n + kd_n if continuous else kd_n)
     pruned, student_in = p("teacher_pruned.safetensors"), cfg.student
-    if cfg.warmup or cfg.flow:  # the warmup's targets; without it, the flow view's reference (Figure 4)
+    if cfg.prunes:
         stages.append(PlannedStage("prune", "teacher_pruned.safetensors", 0,
                                    {"like": cfg.student, "criterion": cfg.criterion, "mode": cfg.prune_mode}, [source],
                                    lambda: run_prune(source, cfg.student, pruned, o, cfg.criterion, cfg.prune_mode,
@@ -213,7 +218,7 @@ def _student_stages(cfg: PipelineConfig, source: str, stages: list[PlannedStage]
                                                       cfg.epochs_per_tap, plot=p("flow.png"), force=True)))
         student_in = warm
     final = p("student.safetensors")
-    flow_teacher = pruned if cfg.warmup or cfg.flow else None
+    flow_teacher = pruned if cfg.prunes else None
     stages.append(PlannedStage("distill", "student.safetensors", kd_n,
                                {"student": cfg.student, "methods": cfg.methods, "params": cfg.params, "ce": cfg.ce,
                                 "epochs": kd_n, "continue_plan": continuous, "select": cfg.select,
@@ -231,7 +236,7 @@ def _report_stages(cfg: PipelineConfig, final: str, stages: list[PlannedStage]) 
     """evaluate (with the flow view when warmed) and retrieve the final student."""
     o = cfg.opts
     eval_opts = RunOptions(**{**o.as_dict(), "augment": False})
-    flow = _file(cfg, "teacher_pruned.safetensors") if cfg.warmup or cfg.flow else None
+    flow = _file(cfg, "teacher_pruned.safetensors") if cfg.prunes else None
     stages.append(PlannedStage("evaluate", "evaluate.json", 0, {"split": "test"}, [final],
                                lambda: run_evaluate(final, "test", eval_opts, teacher=flow)))
     if cfg.retrieve:
