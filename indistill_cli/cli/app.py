@@ -62,6 +62,8 @@ def run(fn: Callable[[], Any], as_json: bool, quiet: bool = False, output: str |
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+        if "indistill_cli.engine.runtime" in sys.modules:  # torch was loaded: end any process group now
+            sys.modules["indistill_cli.engine.runtime"].shutdown()
     if as_json and result is not None and progress.main_process():  # under torchrun only rank 0 prints the result
         sys.stdout.write(json.dumps(result, default=str) + "\n")
         sys.stdout.flush()

@@ -92,13 +92,20 @@ def init_distributed(rt: Runtime) -> None:
         dist.init_process_group(backend, device_id=rt.device if rt.device.type == "cuda" else None)
         import atexit
 
-        atexit.register(_destroy_process_group)
+        atexit.register(shutdown)
 
 
-def _destroy_process_group() -> None:
+def shutdown() -> None:
+    """Tear the process group down while the interpreter is whole: collect the stage's DDP wrappers first
+    (their reducers hold the group and its gloo worker threads), then destroy it. Left to interpreter
+    finalisation, a worker thread still joinable aborts the rank ("terminate called without an active
+    exception"). Called when a command ends, and at exit as a fallback; idempotent."""
     import torch.distributed as dist
 
-    if dist.is_initialized():
+    if dist.is_available() and dist.is_initialized():
+        import gc
+
+        gc.collect()
         dist.destroy_process_group()
 
 
