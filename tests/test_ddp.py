@@ -252,3 +252,31 @@ def test_warmup_phases_under_ddp_equal_one_process(two_ranks, one_rank):
     # flow_mse: each rank evaluates every second image, the reduced sums equal one process's
     assert r0["flow"] == r1["flow"]
     assert r0["flow"] == pytest.approx(one_rank["warmup"]["flow"], rel=1e-6)
+
+
+def test_a_command_ends_its_process_group_after_collecting_ddp_wrappers(tmp_path):
+    """The group is destroyed when the command's body returns (not left to interpreter exit, where a gloo
+    thread of a DDP wrapper still alive once aborted a rank); the wrapper, held only in a reference cycle,
+    is collected first, and a second call is a no-op."""
+    import torch.distributed as dist
+    import weakref
+
+    from indistill_cli.cli.app import run
+    from indistill_cli.engine import runtime
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    gc.disable()  # only the shutdown's own collection may free the cycle
+    try:
+        rt = runtime.Runtime(torch.device("cpu"), "fp32", False, 0, 2, 0)  # world 2: ddp() wraps
+        net = runtime.ddp(nn.Linear(3, 2), rt)
+        cycle = {"net": net}
+        cycle["self"] = cycle
+        alive = weakref.ref(net)
+        del net, cycle
+        run(lambda: None, as_json=False, quiet=True)
+        assert alive() is None and not dist.is_initialized()
+        runtime.shutdown()
+    finally:
+        gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()
