@@ -1,4 +1,9 @@
-"""Training throughput of KD resnet56 -> resnet20 (3x32x32, batch 128): our engine against the same math.
+"""Training throughput: our engine against the same math written by hand (and against torchdistill).
+
+Two tasks (`--task`):
+  kd   KD resnet56 -> resnet20 (3x32x32 synthetic images, batch 128; the default);
+  ce   CE training of cnn3-w0.5 on the embedded Fashion-MNIST subset (served at 32x32, batch 128):
+       the smallest step the tool runs, where the engine's own per-step work weighs the most.
 
 Three ways to run one knowledge-distillation step (teacher resnet56 frozen, student resnet20,
 loss 0.1 * CE + 0.9 * T^2 KL at T = 4, SGD with momentum, random crop (pad 4) + flip):
@@ -19,13 +24,17 @@ loss 0.1 * CE + 0.9 * T^2 KL at T = 4, SGD with momentum, random crop (pad 4) + 
                 The teacher is passed as built, like the example does (its default handling freezes
                 the parameters and never calls .eval()).
 
-All models are the project's resnet56/resnet20 builders, so only the training machinery differs.
+For `--task ce`: ours is `run_train` itself on `fashion-mnist-mini` (second epoch's img/s), bare a plain
+loop over the same uint8 images zero-padded to 32x32 once (crop pad 4 + flip, normalise, CE, SGD); no
+torchdistill (it has no CE-only box).
+
+All models are the project's builders, so only the training machinery differs.
 Engines run interleaved in one process, round after round (order rotated each round), so a busy
 machine slows them alike; the summary is the median of the per-round ratios. Peak memory is taken
 per engine in a child process (CPU: the child's max RSS, which includes ~0.7 GB for importing torch;
 CUDA: the allocator's peak), plus one `indistill distill` CLI run for the whole command's peak.
 
-    python benchmarks/throughput.py [--device cpu|cuda] [--rounds 7] [--batches 5] [--threads 2]
+    python benchmarks/throughput.py [--task kd|ce] [--device cpu|cuda] [--rounds 7] [--batches 5] [--threads 2]
 """
 
 from __future__ import annotations
@@ -54,13 +63,18 @@ from indistill_cli.models import make_spec  # noqa: E402
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.289, 0.289, 0.289]  # what synthetic:3x32x32 declares
 T, CE_W, KD_W, LR, MOMENTUM, WD = 4.0, 0.1, 0.9, 0.05, 0.9, 5e-4
+CE_MODEL = "cnn3-w0.5"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="kd", choices=["kd", "ce"],
+                   help="kd: KD resnet56 -> resnet20 on synthetic 3x32x32; ce: CE of cnn3-w0.5 on fashion-mnist-mini")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (the summary is their median)")
-    p.add_argument("--batches", type=int, default=5, help="timed steps per engine per round")
+    p.add_argument("--batches", type=int, default=5, help="timed steps per engine per round (kd)")
+    p.add_argument("--ce-data", default="fashion-mnist-mini",
+                   help="the dataset of --task ce (its whole training split is one epoch of every engine)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--engines", default="ours,bare,torchdistill",
@@ -117,6 +131,8 @@ class Ours:
         from indistill_cli.stages.options import RunOptions
 
         a = self.args
+        if a.task == "ce":
+            return self.run_ce()
         n = a.batches * a.batch_size
         opts = RunOptions(data=f"synthetic:3x32x32:10:{n}", val_fraction=0.0, batch_size=a.batch_size,
                           device=self.device.type, seed=self.round, save_every=0, **self.extra)
@@ -125,6 +141,20 @@ class Ours:
         s = run_distill(self.teacher, "resnet20", str(self.work / "student.safetensors"), ["kd"], [], None, [], None,
                         2, optim, opts, force=True)
         assert s["ce"] == CE_W and s["methods"][0]["weight"] == KD_W, s["methods"]  # the same loss as the others
+        return float(s["epochs"][1]["img_per_s"])
+
+    def run_ce(self) -> float:
+        """`run_train` of cnn3-w0.5 on the CE data, two epochs; the second's img/s."""
+        from indistill_cli.engine.schedule import OptimConfig
+        from indistill_cli.stages.options import RunOptions
+        from indistill_cli.stages.train import run_train
+
+        a = self.args
+        opts = RunOptions(data=a.ce_data, val_fraction=0.0, batch_size=a.batch_size, device=self.device.type,
+                          seed=self.round, save_every=0, **self.extra)
+        self.round += 1
+        s = run_train(CE_MODEL, str(self.work / "ce.safetensors"), 2, OptimConfig("sgd", LR, MOMENTUM, WD,
+                      schedule="none"), opts, force=True, save_last=False)
         return float(s["epochs"][1]["img_per_s"])
 
 
@@ -183,6 +213,65 @@ class Bare:
             self.step(order[i * a.batch_size : (i + 1) * a.batch_size])
         _sync(self.device)
         return a.batches * a.batch_size / (time.perf_counter() - t0)
+
+
+class BareCE:
+    """CE of cnn3-w0.5 as a plain loop: the CE data's uint8 images padded to the served size once, then per
+    batch crop (pad 4) + flip in one gather, normalise, forward, CE, SGD step (fp32, eager, NCHW)."""
+
+    name = "bare"
+
+    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
+        from indistill_cli.data import load_dataset
+        from indistill_cli.data.pixels import fit_size
+
+        ds = load_dataset(args.ce_data, val_fraction=0.0)
+        info = ds.info
+        self.images = fit_size(ds.train.images, tuple(info.image_size)).to(device)  # zero padding, once
+        self.labels = ds.train.labels.to(device)
+        _, self.model = make_spec(CE_MODEL, info.in_channels, info.num_classes, tuple(info.image_size),
+                                  {"mean": info.mean, "std": info.std})
+        self.model.to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+        self.mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
+        self.args, self.device, self.flip = args, device, info.flip
+        h, w = self.images.shape[-2:]
+        self.ar_h, self.ar_w = torch.arange(h, device=device), torch.arange(w, device=device)
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        padded = F.pad(x, (4, 4, 4, 4))
+        oy = torch.randint(0, 9, (b,), device=x.device)
+        ox = torch.randint(0, 9, (b,), device=x.device)
+        flip = (torch.rand(b, device=x.device) < 0.5) & self.flip
+        rows = oy[:, None] + self.ar_h
+        cols = torch.where(flip[:, None], ox[:, None] + w - 1 - self.ar_w, ox[:, None] + self.ar_w)
+        bi = torch.arange(b, device=x.device)[:, None, None]
+        return padded.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+    def step(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.augment(self.images[idx]).float().div_(255).sub_(self.mean).div_(self.std)
+        loss = F.cross_entropy(self.model(x), self.labels[idx])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+    def run(self) -> float:
+        """One epoch over the training split; its first step (warm-up) is not timed."""
+        bs = self.args.batch_size
+        order = torch.randperm(len(self.labels), device=self.device)
+        self.model.train()
+        self.step(order[:bs])
+        _sync(self.device)
+        t0, done = time.perf_counter(), 0
+        for start in range(bs, len(order), bs):
+            idx = order[start : start + bs]
+            self.step(idx)
+            done += len(idx)
+        _sync(self.device)
+        return done / (time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- torchdistill
@@ -280,7 +369,7 @@ def make_engine(name: str, args: argparse.Namespace, device: torch.device, work:
     if name.startswith("ours"):
         return Ours(args, device, work, name)
     if name == "bare":
-        return Bare(args, device)
+        return BareCE(args, device) if args.task == "ce" else Bare(args, device)
     return TorchDistill(args, device)
 
 
@@ -308,7 +397,7 @@ def _child_env(args: argparse.Namespace) -> dict[str, str]:
 def memory_runs(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     base = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--batches", str(args.batches),
-            "--batch-size", str(args.batch_size)]
+            "--batch-size", str(args.batch_size), "--task", args.task, "--ce-data", args.ce_data]
     if args.threads:
         base += ["--threads", str(args.threads)]
     if args.td_workers is not None:
@@ -322,7 +411,24 @@ def memory_runs(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
                         "print(peak_memory_mb(torch.device('cpu')))"], capture_output=True, text=True,
                        env=_child_env(args), cwd=ROOT)
     out["import_torch_rss"] = float(p.stdout.strip() or "nan")
-    # the whole `indistill distill` command (CLI, dataset, checkpoints, validation) in a process of its own
+    out["cli_distill"] = _cli_run(args)
+    return out
+
+
+def _cli_run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole command (`distill` for kd, `train` for ce: CLI, dataset, checkpoints, validation) in a
+    process of its own: its peak memory and img/s."""
+    if args.task == "ce":
+        with tempfile.TemporaryDirectory() as work:
+            cmd = [sys.executable, "-m", "indistill_cli", "train", CE_MODEL, "--data", args.ce_data, "--epochs", "1",
+                   "--batch-size", str(args.batch_size), "--device", args.device, "-o",
+                   str(Path(work) / "m.safetensors"), "--json", "--quiet"]
+            p = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(args), cwd=ROOT)
+        if p.returncode != 0:
+            raise SystemExit(f"the CLI train run failed:\n{p.stderr[-3000:]}")
+        s = json.loads(p.stdout)
+        return {"peak_memory_mb": s["peak_memory_mb"], "images_per_sec": s["images_per_sec"],
+                "command": " ".join(["indistill"] + cmd[3:])}
     with tempfile.TemporaryDirectory() as work:
         w = Path(work)
         teacher, _, spec = _models(torch.device("cpu"))
@@ -337,9 +443,8 @@ def memory_runs(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
         if p.returncode != 0:
             raise SystemExit(f"the CLI distill run failed:\n{p.stderr[-3000:]}")
         s = json.loads(p.stdout)
-        out["cli_distill"] = {"peak_memory_mb": s["peak_memory_mb"], "images_per_sec": s["images_per_sec"],
-                              "command": " ".join(["indistill"] + cmd[3:])}
-    return out
+        return {"peak_memory_mb": s["peak_memory_mb"], "images_per_sec": s["images_per_sec"],
+                "command": " ".join(["indistill"] + cmd[3:])}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -354,11 +459,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     names = [n.strip() for n in args.engines.split(",") if n.strip()]
     skipped = []
+    if "torchdistill" in names and args.task == "ce":
+        names.remove("torchdistill")
+        skipped.append("torchdistill (--task ce: it has no CE-only training box)")
     if "torchdistill" in names and not torchdistill_available():
         names.remove("torchdistill")
         skipped.append("torchdistill (not installed: pip install -e '.[bench]')")
     log = sys.stderr
-    print(f"KD resnet56 -> resnet20, batch {args.batch_size}, 3x32x32, {args.device}"
+    what = (f"CE {CE_MODEL} on {args.ce_data}" if args.task == "ce" else "KD resnet56 -> resnet20, 3x32x32")
+    print(f"{what}, batch {args.batch_size}, {args.device}"
           f"{f' x{torch.get_num_threads()} threads' if device.type == 'cpu' else ''}, torch {torch.__version__}; "
           f"{args.rounds} rounds x {args.batches} batches", file=log)
     with tempfile.TemporaryDirectory() as work:
@@ -373,7 +482,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                if n != "ours" and "ours" in ips)
             print(f"round {r + 1}: img/s  {line}   {ratios}", file=log)
     result: dict[str, Any] = {
-        "device": args.device, "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "task": args.task, "device": args.device, "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "torch": torch.__version__, "batch_size": args.batch_size, "rounds": args.rounds, "batches": args.batches,
         "img_s": ips, "median_img_s": {n: statistics.median(v) for n, v in ips.items()}, "skipped": skipped}
     if "ours" in ips:
@@ -388,7 +497,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("peak memory (MB, " + ("max RSS of a process of its own" if device.type == "cpu" else
                                      "CUDA allocator peak") + "): " +
               "  ".join(f"{n} {mem[n]:.0f}" for n in names) +
-              f"  | `indistill distill` CLI run {mem['cli_distill']['peak_memory_mb']:.0f}"
+              f"  | `indistill {'train' if args.task == 'ce' else 'distill'}` CLI run {mem['cli_distill']['peak_memory_mb']:.0f}"
               f"  | python -c 'import torch' {mem['import_torch_rss']:.0f}", file=log)
     for s in skipped:
         print(f"skipped: {s}", file=log)
