@@ -98,3 +98,41 @@ def test_deferred_past_the_tolerance_fails_leaving_a_good_state(tmp_path):
     assert eng.state.resumed_from == (0, 4) and res.bad_steps == 1
     clean = _model()
     _same(res, _deferred("sgd", skip=0, log_every=2).fit(clean, clean, _step(clean, set(), "loss"), _Without(1)))
+
+
+def test_fp16_grad_scaler_deferred_skips_without_a_sync():
+    """fp16 (GradScaler; fp16 autocast runs on CPU too): with the deferred guard's fused optimiser the scaler
+    hands `found_inf` to the kernel instead of reading it with `.item()` every step (which it does for a
+    for-each optimiser: the detector sees that), and the bad batch changes nothing."""
+    from sync_detector import SyncDetector
+
+    from indistill_cli.engine import loop
+    from indistill_cli.engine.runtime import Runtime
+
+    found: dict[bool, list[str]] = {}
+    step = loop._Run.step
+
+    def watched(self, epoch, i, batch):
+        with SyncDetector() as d:
+            out = step(self, epoch, i, batch)
+        found.setdefault(self.guard.every_step, []).extend(d.found)
+        return out
+
+    results = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop._Run, "step", watched)
+        for every_step in (False, True):
+            m = _model()
+            eng = _deferred("sgd", skip=1)
+            eng.rt = Runtime(torch.device("cpu"), "fp16", False)
+            eng.check_every_step = every_step
+            results[every_step] = eng.fit(m, m, _step(m, {2}, "loss"), _Loader())
+    assert found[False] == [], found[False]
+    assert "_local_scalar_dense" in found[True]  # GradScaler.step's .item() with a for-each optimiser
+    res = results[False]
+    assert res.bad_steps == 1
+    assert all(torch.isfinite(v).all() for v in res.best_state.values() if v.is_floating_point())
+    clean = _model()
+    eng = _deferred("sgd", skip=0)
+    eng.rt = Runtime(torch.device("cpu"), "fp16", False)
+    _same(res, eng.fit(clean, clean, _step(clean, set(), "loss"), _Without(2)))

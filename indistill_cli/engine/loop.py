@@ -101,7 +101,7 @@ class _Run:
         self.opt = self.new_optimizer()
         if opt_state:
             load_named_optimizer_state(self.opt, self.names, opt_state)
-        self.scaler = torch.amp.GradScaler("cuda") if self.rt.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler(self.rt.device.type) if self.rt.precision == "fp16" else None
         self.steps = max(1, len(loader))
         self.loop = LoopState([], snapshot(keep), lr=self.cfg.lr * lr_factor(self.cfg, 0.0, engine.epochs))
         self.t_start = time.perf_counter()
