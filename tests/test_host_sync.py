@@ -124,3 +124,29 @@ def test_every_method_step_does_not_sync(method, steps, teacher, tmp_path):  # n
     _assert_no_sync(steps, ALLOWED.get(method, set()))
     if method in ALLOWED:  # the exception is real (and the only one)
         assert {f for _, found in steps for f in found} == ALLOWED[method]
+
+
+def test_kept_channel_indices_move_to_the_teachers_device_once():
+    """Copied from the host at every step they would make a CUDA step wait; a teacher on the meta device
+    shows where FlowPair puts them (the step then uses them as they are)."""
+    from indistill_cli.pruning.targets import FlowPair, Pair
+
+    teacher = torch.nn.Conv2d(1, 4, 1).to("meta")
+    flow = FlowPair(teacher, torch.nn.Conv2d(1, 2, 1), [Pair("a", "b", torch.tensor([0, 3])), Pair("c", "d", None)])
+    assert flow.pairs[0].keep.device.type == "meta" and flow.pairs[1].keep is None
+
+
+def test_crd_draws_where_its_banks_are_and_carries_that_generator():
+    """On CPU the sampler is the CPU generator (its numbers as ever); elsewhere one made on that device,
+    whose state a checkpoint carries (`device_rng_state`) and gives back before the first draw there."""
+    crd = losses.get("crd")([(6,)], [(10,)], 5, 40, nce_k=8.0, feat_dim=4.0)
+    assert crd.generator(torch.device("cpu")) is crd._gen
+    assert set(crd.extra_state_tensors()) == {"rng_state"}
+    carried = torch.arange(16, dtype=torch.uint8)  # a CUDA generator's state is 16 bytes (seed, offset)
+    other = losses.get("crd")([(6,)], [(10,)], 5, 40, nce_k=8.0, feat_dim=4.0)
+    other.load_extra_state_tensors({**crd.extra_state_tensors(), "device_rng_state": carried})
+    assert torch.equal(other.extra_state_tensors()["device_rng_state"], carried)
+    with SyncDetector() as d:
+        draw = crd.sample_negatives(torch.arange(4))
+    assert draw.shape == (4, 8) and not d.found
+    assert not (draw == torch.arange(4)[:, None]).any()  # never a row's own index
