@@ -19,8 +19,9 @@ SVD gradient removes them too): the full SVD gradient is NaN wherever two unused
 e.g. the zeros of a low-rank map.
 
 Host sync: on CUDA `torch.linalg.eigh` reads the solver's status back to the host, so a KD-SVD step
-waits for the device once per tap. It stays: the method is the eigendecomposition, and torch offers no
-variant that skips the check (tests/test_host_sync.py names it as the one sync allowed in a step).
+waits for the device at each decomposition (every tap, student and teacher). It stays: the method is
+the eigendecomposition, and torch offers no variant that skips the check (tests/test_host_sync.py
+names it as the one sync allowed in a step).
 """
 
 from __future__ import annotations
