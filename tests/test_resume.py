@@ -510,7 +510,10 @@ def test_engine_without_per_step_sync_detects_bad_steps_when_logging():
     res = eng2.fit(m2, m2, _step(m2, set(), "loss"), _Loader())
     clean = _model()
     ref = _engine().fit(clean, clean, _step(clean, set(), "loss"), _Loader())
-    assert all(torch.equal(res.best_state[k], ref.best_state[k]) for k in ref.best_state)
+    # the deferred mode steps with torch's fused SGD (it takes the device found_inf flag), which rounds
+    # differently from the for-each kernels of the CPU default: equal to float rounding (seen: 6e-8)
+    assert all(torch.allclose(res.best_state[k].double(), ref.best_state[k].double(), rtol=0, atol=1e-6)
+               for k in ref.best_state)
 
 
 def test_engine_resume_after_divergence_continues_from_the_last_good_state(tmp_path):

@@ -190,11 +190,22 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this run: CUDA allocator peak on GPU, process max RSS on CPU.
+def reset_peak_memory(device: torch.device) -> None:
+    """Start the peak afresh where that is possible, so each stage of a pipeline reports its own: the CUDA
+    allocator's peak statistics. On CPU there is nothing to reset (see `peak_memory_mb`)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
-    On Linux the RSS high-water mark of this process image (VmHWM): getrusage's ru_maxrss survives
-    exec, so a CLI started from a large parent (a test runner, a benchmark) would report the parent's.
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory: on GPU the CUDA allocator's peak since the stage began (`reset_peak_memory`); on CPU
+    the process's resident-set high-water mark.
+
+    On Linux that is VmHWM: the most physical memory this process image has held at any moment since it
+    started, not since the stage began, so in a pipeline a later stage reports at least an earlier one's
+    peak (the dataset, models and allocator caches of all stages so far). getrusage's ru_maxrss is not
+    used: it survives exec, so a CLI started from a large parent (a test runner, a benchmark) would report
+    the parent's.
     """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20

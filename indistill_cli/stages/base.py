@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from indistill_cli.engine.resume import RunState
-from indistill_cli.engine.runtime import barrier
+from indistill_cli.engine.runtime import barrier, reset_peak_memory
 from indistill_cli.errors import BadInput
 from indistill_cli.stages.options import TUNABLE, RunOptions
 from indistill_cli.stages.session import Session, open_session
@@ -84,6 +84,7 @@ class Stage:
         self.t0 = time.perf_counter()
         self.prepare()
         s = self.session = open_session(self.opts, self.loads_data)
+        reset_peak_memory(s.rt.device)  # this stage's own peak (a pipeline runs several in one process)
         summary = self.execute(s)
         if s.rt.is_main:
             self.write(s, summary)

@@ -94,8 +94,8 @@ class KeepFlow:
         pairs = self.flow.pairs
         if not self.shared:
             return self.flow.targets(x, len(pairs) - 1)
-        return [taps[p.teacher_tap] if p.keep is None else taps[p.teacher_tap].index_select(1, p.keep.to(x.device))
-                for p in pairs]
+        return [taps[p.teacher_tap] if p.keep is None else taps[p.teacher_tap].index_select(1, p.keep)
+                for p in pairs]  # (the indices are on the device already: see FlowPair)
 
 
 class Distiller(nn.Module):
