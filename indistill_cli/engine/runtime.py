@@ -182,8 +182,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, torch (CPU and CUDA). CPU runs are bitwise repeatable with the same seed."""
     random.seed(seed)
     torch.manual_seed(seed)
+    # set both ways: a process that runs several commands (the pipeline, the tests) keeps no earlier one's
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     elif torch.cuda.is_available():
