@@ -48,6 +48,7 @@ class Distill(Stage):
     `keep_flow` > 0 (ours): keep the warmup's per-tap MSE to `flow_teacher` in the loss, decaying."""
 
     name = "distill"
+    compiles = True
 
     def __init__(self, teacher_arg: str, student_arg: str, out: str, methods: list[str], params: list[str],
                  ce: float | None, tap_pairs: list[str], embedding_pair: str | None, epochs: int | None,

@@ -66,6 +66,7 @@ class Warmup(Stage):
     OUT.plan.safetensors) that `distill --continue-plan` takes up."""
 
     name = "warmup"
+    compiles = True
 
     def __init__(self, teacher_arg: str, student_arg: str, out: str, optim: OptimConfig, opts: RunOptions,
                  a: float = 2.0, b: float = 1.0, explicit: str | None = None, cumulative: bool = False,
