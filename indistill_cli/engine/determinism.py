@@ -23,7 +23,7 @@ from indistill_cli.errors import BadInput
 
 # aten op (overload packet) -> what a user knows it as
 NONDETERMINISTIC_CUDA: dict[str, str] = {
-    "_adaptive_avg_pool2d_backward": "adaptive_avg_pool2d backward (AdaptiveAvgPool2d to a size other than 1x1)",
+    "_adaptive_avg_pool2d_backward": "adaptive_avg_pool2d backward (AdaptiveAvgPool2d or F.adaptive_avg_pool2d to a size other than 1x1)",
     "_adaptive_avg_pool3d_backward": "adaptive_avg_pool3d backward (AdaptiveAvgPool3d)",
     "adaptive_max_pool2d_backward": "adaptive_max_pool2d backward (AdaptiveMaxPool2d)",
     "avg_pool3d_backward": "avg_pool3d backward (AvgPool3d)",
