@@ -172,18 +172,63 @@ def sync_batchnorm(model: torch.nn.Module, rt: Runtime, enabled: bool) -> torch.
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
+COMPILE_BACKEND_ENV = "INDISTILL_COMPILE_BACKEND"
+
+
+def compile_backend() -> str:
+    """The torch.compile backend --compile uses: $INDISTILL_COMPILE_BACKEND, default inductor (aot_eager runs
+    the same graphs without generating kernels: what the CPU tests use)."""
+    return os.environ.get(COMPILE_BACKEND_ENV) or "inductor"
+
+
 def maybe_compile(module: torch.nn.Module, enabled: bool) -> Any:
     """--compile: torch.compile the module the step calls (off by default: compiling costs ~a minute
     up front and pays back only on long runs)."""
-    return torch.compile(module) if enabled else module
+    if not enabled:
+        return module
+    backend = compile_backend()
+    try:
+        return torch.compile(module, backend=backend)
+    except Exception as e:  # torch's InvalidBackend (its module moved between versions)
+        raise BadInput(f"{COMPILE_BACKEND_ENV}={backend}: not a torch.compile backend ({type(e).__name__}); "
+                       f"use inductor, aot_eager or eager") from None
+
+
+def compile_begin() -> None:
+    """Forget earlier compilations and their counts, so a command reports its own graphs and breaks."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+
+def compile_stats() -> dict[str, Any]:
+    """What --compile did since `compile_begin`: the backend, graphs compiled, graph breaks and their reasons
+    (each reason's first line, with its count)."""
+    from torch._dynamo.utils import counters
+
+    reasons: dict[str, int] = {}
+    for reason, n in counters["graph_break"].items():
+        short = str(reason).strip().splitlines()[0][:120] if str(reason).strip() else "?"
+        reasons[short] = reasons.get(short, 0) + int(n)
+    return {"backend": compile_backend(), "graphs": int(counters["stats"]["unique_graphs"]),
+            "graph_breaks": sum(reasons.values()), "reasons": reasons}
+
+
+def describe_compile(stats: dict[str, Any]) -> str:
+    """One line for stderr."""
+    why = "; ".join(f"{r} (x{n})" for r, n in stats["reasons"].items())
+    return (f"--compile ({stats['backend']}): {stats['graphs']} graph(s), {stats['graph_breaks']} graph break(s)"
+            + (f": {why}" if why else ""))
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, torch (CPU and CUDA). CPU runs are bitwise repeatable with the same seed."""
     random.seed(seed)
     torch.manual_seed(seed)
+    # set both ways: a process that runs several commands (the pipeline, the tests) keeps no earlier one's
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     elif torch.cuda.is_available():

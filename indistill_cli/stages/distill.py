@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from indistill_cli import losses, progress
+from indistill_cli.engine import determinism
 from indistill_cli.engine.loop import Engine, FitResult
 from indistill_cli.engine.runtime import broadcast_state, ddp, maybe_compile, sync_batchnorm
 from indistill_cli.engine.schedule import SELECT_KEYS, SELECT_PHRASES, OptimConfig, check_epochs, resolve_select
@@ -47,6 +48,7 @@ class Distill(Stage):
     `keep_flow` > 0 (ours): keep the warmup's per-tap MSE to `flow_teacher` in the loss, decaying."""
 
     name = "distill"
+    compiles = True
 
     def __init__(self, teacher_arg: str, student_arg: str, out: str, methods: list[str], params: list[str],
                  ce: float | None, tap_pairs: list[str], embedding_pair: str | None, epochs: int | None,
@@ -182,6 +184,7 @@ class Distill(Stage):
         # student + trainable adapters in DDP under torchrun; the teacher stays outside. The methods' buffers
         # (CRD's memory banks) are not broadcast every step: they start equal and get every rank's updates.
         broadcast_state(distiller.losses, rt)
+        check_deterministic(distiller, teacher, rt, self.student_r.spec)
         loader = s.train_loader(self.student_r.spec)
         log = self.phase_log
         if self.state is not None:
@@ -281,6 +284,25 @@ def build_methods(specs: list[MethodSpec], teacher_r: Resolved, student_r: Resol
             raise BadInput(f"--method {m.name}: {e}") from None
         pairs_all.append(pairs)
     return pairs_all, loss_mods
+
+
+def check_deterministic(distiller: Distiller, teacher: nn.Module, rt: Any, spec: dict[str, Any]) -> None:
+    """--deterministic on CUDA: the KD step and each method phase probed (`engine.determinism`) before any of
+    them trains; the methods' extra state (CRD's negatives generator) is left as it was."""
+    if not determinism.needs_check(rt):
+        return
+    x = determinism.blank_batch(spec, rt)
+    y, idx = torch.zeros(x.shape[0], dtype=torch.long, device=rt.device), torch.arange(x.shape[0], device=rt.device)
+    saved = [loss.extra_state_tensors() for loss in distiller.losses]
+    try:
+        for run in [None, *method_phases(distiller)]:
+            phase = None if run is None else (run.index, run.phase)
+            what = f"distill ({'the KD step' if run is None else run.part})"
+            determinism.check_kernels(rt, distiller, lambda p=phase: distiller(x, y, idx, 0, teacher, phase=p)["loss"],
+                                      what)
+    finally:
+        for loss, state in zip(distiller.losses, saved):
+            loss.load_extra_state_tensors(state)
 
 
 def run_distill(teacher_arg: str, student_arg: str, out: str, methods: list[str], params: list[str],

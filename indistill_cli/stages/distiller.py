@@ -166,7 +166,8 @@ class Distiller(nn.Module):
             s_logits, s_out = self.student_outputs(x, net)
         if phase is not None:
             i, ph = phase
-            term = ph.loss(self.batch(i, s_logits, s_out, t, y, idx, epoch))
+            with torch.autocast(x.device.type, enabled=False):  # a phase's loss in fp32, like the KD terms
+                term = ph.loss(self.batch(i, s_logits, s_out, t, y, idx, epoch))
             return {"loss": term, f"{self.methods[i].name}.{ph.name}": term}
         terms: dict[str, torch.Tensor] = {}
         if self.ce:

@@ -58,7 +58,9 @@ class RunOptions:
     state_dir: str | None = option(None, help="Folder of the resume state (default OUT.resume/ beside the output; "
                                    "needed with -o -). Removed after success.", tunable=True)
     compile: bool = option(False, "--compile", param="compile_student", help="torch.compile the student's training "
-                           "forward (compiling costs about a minute; pays back on long GPU runs).")
+                           "forward (compiling costs about a minute; pays back on long GPU runs). The backend is "
+                           "$INDISTILL_COMPILE_BACKEND (default inductor; aot_eager needs no compiler); the graphs and "
+                           "graph breaks are reported on stderr and in --json.")
     sync_bn: bool = option(False, "--sync-bn", help="Under torchrun: BatchNorm statistics over all ranks' batches "
                            "(SyncBatchNorm; CUDA only).")
 
