@@ -142,7 +142,7 @@ def _warmup_phases(rt) -> dict:
     parameters the phase cannot reach; plus flow_mse reduced over ranks."""
     from indistill_cli.metrics.flow import flow_mse, mse
     from indistill_cli.pruning.targets import FlowPair, Pair, StudentUpTo
-    from indistill_cli.engine.runtime import broadcast_state, ddp
+    from indistill_cli.engine.runtime import broadcast_state, ddp, unreached
 
     torch.manual_seed(99)
     teacher = Tiny().eval()
@@ -157,7 +157,8 @@ def _warmup_phases(rt) -> dict:
     ignored = []
     for tap in (0, 1):
         m = StudentUpTo(flow, tap, tap)
-        ignore = m.unused_state(torch.zeros_like(x[:2])) if rt.distributed else []
+        probe = torch.zeros_like(x[:2])
+        ignore = unreached(m, lambda: sum(o.float().sum() for o in m(probe))) if rt.distributed else []
         ignored.append(ignore)
         net = ddp(m, rt, ignore)
         for _ in range(2):  # a second step: DDP would fail here if a parameter had waited for a gradient
@@ -252,6 +253,84 @@ def test_warmup_phases_under_ddp_equal_one_process(two_ranks, one_rank):
     # flow_mse: each rank evaluates every second image, the reduced sums equal one process's
     assert r0["flow"] == r1["flow"]
     assert r0["flow"] == pytest.approx(one_rank["warmup"]["flow"], rel=1e-6)
+
+
+def _distiller(method: str, ce: float):
+    """A real Distiller (cnn3-w0.5 teacher, cnn3-w0.25 student at 24x24) with one method at weight 1."""
+    from indistill_cli import losses
+    from indistill_cli.models import make_spec
+    from indistill_cli.stages.distiller import Distiller, MethodSpec, feature_shapes, method_pairs, vector_flags
+
+    t_spec, teacher = make_spec("cnn3-w0.5", 1, 10, (24, 24), seed=1)
+    s_spec, student = make_spec("cnn3-w0.25", 1, 10, (24, 24), seed=2)
+    cls = losses.get(method)
+    pairs = method_pairs(cls.uses, t_spec, s_spec, [], None, cls.preact, cls.with_embedding)
+    vec, x = vector_flags(cls, len(pairs)), torch.zeros(2, 1, 24, 24)
+    torch.manual_seed(3)
+    loss = cls(feature_shapes(student, [b for _, b in pairs], vec, x), feature_shapes(teacher, [a for a, _ in pairs], vec, x),
+               10, 64, **({"nce_k": 8, "feat_dim": 8} if method == "crd" else {}))
+    return Distiller(student, [MethodSpec(method, 1.0, {})], [pairs], [loss], ce), teacher.eval()
+
+
+def _two_steps(method: str, ce: float, rt) -> dict:
+    """Two SGD steps of distiller_step on fixed batches; what DDP was told to ignore; the state after."""
+    from types import SimpleNamespace
+
+    from indistill_cli.stages.distiller import distiller_step
+
+    distiller, teacher = _distiller(method, ce)
+    step = distiller_step(distiller, teacher, rt)
+    opt = torch.optim.SGD(distiller.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for i in range(2):  # plain DDP raises at the second forward when a parameter waited for a gradient
+        batch = SimpleNamespace(x=torch.randn(8, 1, 24, 24, generator=g), y=torch.randint(0, 10, (8,), generator=g),
+                                idx=torch.arange(8) + 8 * i)
+        out = step(batch, 0)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    extra = distiller.losses[0].extra_state_tensors()
+    return {"ignored": list(getattr(distiller, "_ddp_params_and_buffers_to_ignore", [])), "losses": losses,
+            "state": {k: v.clone() for k, v in distiller.state_dict().items()}, "extra": extra,
+            "rng": torch.get_rng_state()}
+
+
+@pytest.mark.parametrize("method, ce, unreached", [
+    ("pkt", 0.0, ["student.fc.bias", "student.fc.weight"]),  # an embedding method without CE: not the head
+    ("crd", 0.0, ["student.fc.bias", "student.fc.weight"]),  # crd's own embedders are reached
+    ("at", 0.0, ["student.embed.0.bias", "student.embed.0.weight", "student.fc.bias", "student.fc.weight"]),
+    ("fitnet", 0.0, ["student.embed.0.bias", "student.embed.0.weight", "student.fc.bias", "student.fc.weight"]),
+    ("pkt", 1.0, []),  # CE reaches everything
+    ("kd", 0.0, []),  # a logit method reaches everything
+])
+def test_distiller_step_tells_ddp_what_the_loss_leaves_without_gradient(method, ce, unreached, tmp_path):
+    """The main loop's DDP is built at the first batch and told, from one probing backward, which trainable
+    parameters this loss leaves without gradient (plain DDP waited for them: "Expected to have finished
+    reduction" at the second step). The probe changes nothing: two steps under DDP (a one-process gloo
+    group posing as two ranks) give the very state, losses, CRD sampling generator and torch RNG of the
+    same steps without DDP."""
+    import torch.distributed as dist
+
+    from indistill_cli.engine.runtime import Runtime
+
+    torch.manual_seed(0)
+    plain = _two_steps(method, ce, Runtime(torch.device("cpu"), "fp32", False))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        wrapped = _two_steps(method, ce, Runtime(torch.device("cpu"), "fp32", False, 0, 2, 0))  # world 2: ddp wraps
+    finally:
+        gc.collect()
+        dist.destroy_process_group()
+    params = [n for n in wrapped["ignored"] if not n.startswith("losses.")]  # the methods' buffers come first
+    assert params == unreached
+    assert wrapped["losses"] == plain["losses"] and torch.equal(wrapped["rng"], plain["rng"])
+    for k, v in plain["state"].items():
+        assert torch.equal(wrapped["state"][k], v), k
+    for k, v in plain["extra"].items():
+        assert torch.equal(wrapped["extra"][k], v), k
 
 
 def test_a_command_ends_its_process_group_after_collecting_ddp_wrappers(tmp_path):

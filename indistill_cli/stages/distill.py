@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from indistill_cli import losses, progress
 from indistill_cli.engine.loop import Engine, FitResult
-from indistill_cli.engine.runtime import broadcast_state, ddp, maybe_compile, sync_batchnorm
+from indistill_cli.engine.runtime import broadcast_state, maybe_compile, sync_batchnorm
 from indistill_cli.engine.schedule import SELECT_KEYS, SELECT_PHRASES, OptimConfig, check_epochs, resolve_select
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import load_checkpoint
@@ -28,8 +28,8 @@ from indistill_cli.pruning.rebuild import model_from_checkpoint
 from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
 from indistill_cli.stages.base import Stage
 from indistill_cli.stages.ce import val_metrics
-from indistill_cli.stages.distiller import (Distiller, KeepFlow, MethodSpec, feature_shapes, method_pairs,
-                                            parse_methods, save_adapters, vector_flags)
+from indistill_cli.stages.distiller import (Distiller, KeepFlow, MethodSpec, distiller_step, feature_shapes,
+                                            method_pairs, parse_methods, save_adapters, vector_flags)
 from indistill_cli.stages.phases import method_phases, run_phases
 from indistill_cli.stages.options import RunOptions
 from indistill_cli.stages.resolve import Resolved, frozen, resolve_model
@@ -179,8 +179,7 @@ class Distill(Stage):
         rt, distiller, student, curves = s.rt, self.distiller, self.student, self.curves
         if self.opts.compile:
             object.__setattr__(distiller, "run_student", maybe_compile(student, True))
-        # student + trainable adapters in DDP under torchrun; the teacher stays outside. The methods' buffers
-        # (CRD's memory banks) are not broadcast every step: they start equal and get every rank's updates.
+        # student + trainable adapters in DDP under torchrun (distiller_step); the teacher stays outside
         broadcast_state(distiller.losses, rt)
         loader = s.train_loader(self.student_r.spec)
         log = self.phase_log
@@ -189,11 +188,7 @@ class Distill(Stage):
             self.state.register("phases", lambda: log, lambda saved: (log.clear(), log.extend(saved)))
         run_phases(method_phases(distiller), distiller, teacher, loader, rt, self.optim, self.state,
                    self.opts.skip_nonfinite, log)
-        net = ddp(distiller, rt, [f"losses.{n}" for n, _ in distiller.losses.named_buffers()])
-
-        def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
-            return net(batch.x, batch.y, batch.idx, epoch, distiller.teacher_outputs(batch.x, teacher))
-
+        step = distiller_step(distiller, teacher, rt)
         emb_tap = self.student_r.spec["embedding"]["name"] if self.chosen == "map" else None
 
         def validate(epoch: int) -> dict[str, float]:
