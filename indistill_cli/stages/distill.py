@@ -22,6 +22,7 @@ from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import load_checkpoint
 from indistill_cli.io.history import history_entry, write_model
 from indistill_cli.io.paths import sibling
+from indistill_cli.losses.base import NON_NEGATIVE
 from indistill_cli.metrics.flow import flow_mse
 from indistill_cli.models import spec_name
 from indistill_cli.pruning.rebuild import model_from_checkpoint
@@ -65,11 +66,7 @@ class Distill(Stage):
         if self.epochs is not None:
             check_epochs(self.epochs)
         self.optim.validate()  # a bad option must fail before any loading or output
-        if self.ce is not None and not self.ce >= 0:
-            raise BadInput(f"--ce must be >= 0, got {self.ce}")
-        if not (self.keep_flow >= 0 and 0 < self.keep_flow_decay <= 1):
-            raise BadInput(f"--keep-flow must be >= 0 and --keep-flow-decay in (0, 1], got {self.keep_flow} and "
-                           f"{self.keep_flow_decay}")
+        check_weights(self.ce, self.keep_flow, self.keep_flow_decay)
         if self.keep_flow and not self.flow_teacher:
             raise BadInput("--keep-flow needs --flow-teacher PRUNED (the pruned teacher whose targets the warmup used)")
         if self.plan and not self.continue_plan:
@@ -255,6 +252,15 @@ class Distill(Stage):
     def finish(self) -> None:
         if hasattr(self, "distiller"):
             self.distiller.close()
+
+
+def check_weights(ce: float | None, keep_flow: float, keep_flow_decay: float) -> None:
+    """--ce and --keep-flow are weights (finite, >= 0), --keep-flow-decay a factor in (0, 1]."""
+    if ce is not None and ce not in NON_NEGATIVE:
+        raise BadInput(f"--ce must be {NON_NEGATIVE}, got {ce:g}")
+    if keep_flow not in NON_NEGATIVE or not 0 < keep_flow_decay <= 1:
+        raise BadInput(f"--keep-flow must be {NON_NEGATIVE} and --keep-flow-decay in (0, 1], got {keep_flow:g} and "
+                       f"{keep_flow_decay:g}")
 
 
 def build_methods(specs: list[MethodSpec], teacher_r: Resolved, student_r: Resolved, teacher: nn.Module,

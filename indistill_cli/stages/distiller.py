@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from indistill_cli import losses
 from indistill_cli.engine.runtime import Runtime, ddp
 from indistill_cli.errors import BadInput
-from indistill_cli.losses.base import DistillLoss, Feats, KDBatch, Phase
+from indistill_cli.losses.base import NON_NEGATIVE, DistillLoss, Feats, KDBatch, Phase
 from indistill_cli.metrics.flow import mse
 from indistill_cli.io.atomic import atomic_write
 from indistill_cli.models.taps import PRE, TapSet, as_vector
@@ -49,6 +49,8 @@ def parse_methods(methods: list[str], params: list[str]) -> list[MethodSpec]:
             weight = float(w) if w else float(cls.default_weight)
         except ValueError:
             raise BadInput(f"--method {m}: the weight after ':' must be a number") from None
+        if weight not in NON_NEGATIVE:
+            raise BadInput(f"--method {m}: the weight must be {NON_NEGATIVE}, got {weight:g}")
         if any(o.name == name for o in out):
             raise BadInput(f"--method {name} given twice")
         out.append(MethodSpec(name, weight, {}))
@@ -62,6 +64,11 @@ def parse_methods(methods: list[str], params: list[str]) -> list[MethodSpec]:
             target.hparams[hp] = float(val)
         except ValueError:
             raise BadInput(f"--param {p}: value must be a number") from None
+    for o in out:  # each value in its method's declared range, before any loading (`indistill methods` lists them)
+        try:
+            losses.get(o.name).check_hparams(o.hparams)
+        except ValueError as e:
+            raise BadInput(f"--param {o.name}.{e}") from None
     return out
 
 
