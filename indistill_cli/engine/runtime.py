@@ -43,6 +43,12 @@ class Runtime:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def device_name(self) -> str:
+        """The device alone: the GPU's name and index, or the CPU with its thread count."""
+        if self.device.type == "cuda":
+            return f"{torch.cuda.get_device_name(self.device)} ({self.device})"
+        return f"cpu x{torch.get_num_threads()}"
+
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
         extra = f", {self.world} ranks" if self.world > 1 else ""
