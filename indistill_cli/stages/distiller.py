@@ -230,7 +230,8 @@ def distiller_step(distiller: Distiller, teacher: nn.Module, rt: Runtime,
     start equal and get every rank's updates). What a loss leaves out depends on the run: the student's
     head with --ce 0 and an embedding or tap method (PKT, SP, RKD, CRD, FitNet, AT, ...), the layers
     past the last tap, a phase's untrained parts. One probing backward on the first batch finds them
-    (`runtime.unreached`); the methods' extra state (CRD's sampling generator) is restored after it."""
+    (`runtime.unreached`), through the plain student (a --compile'd one would compile for the probe's
+    shapes); the methods' extra state (CRD's sampling generator) is restored after it."""
     nets: list[Any] = []
 
     def probe_loss(batch: Any, epoch: int) -> Callable[[], torch.Tensor]:
@@ -239,7 +240,7 @@ def distiller_step(distiller: Distiller, teacher: nn.Module, rt: Runtime,
             x = batch.x[:2]
             try:
                 return distiller(x, batch.y[:2], batch.idx[:2], epoch, distiller.teacher_outputs(x, teacher),
-                                 phase=phase)["loss"]
+                                 net=distiller.student, phase=phase)["loss"]  # not run_student: no --compile
             finally:
                 for m, st in zip(distiller.losses, saved):
                     m.load_extra_state_tensors(st)
