@@ -172,6 +172,34 @@ def test_cnn3_sees_the_whole_image_at_32_and_a_corner_at_28() -> None:
     assert "only 22x22 of the 28x28 image" in d["text"]
 
 
+def test_the_receptive_field_probe_runs_on_a_cpu_fp32_copy_never_on_the_model() -> None:
+    """The NaN probe is exact only with direct convolutions (a GPU's Winograd/FFT kernels spread a NaN over
+    a tile), so it runs on an fp32 CPU copy: the model's own forward is never called, and its dtype,
+    layout, mode and weights stay as they were (a bf16 channels_last model in training mode here)."""
+    from indistill_cli.models import make_spec
+    from indistill_cli.models.coverage import describe
+
+    spec, model = make_spec("cnn3-w0.5", 1, 10, (28, 28))
+    model = model.to(torch.bfloat16).to(memory_format=torch.channels_last).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = [id(p) for p in model.parameters()]
+    seen: list[tuple[int, torch.device, torch.dtype, bool]] = []
+
+    def spy(module, args):  # a hook is copied with its module: it reports whichever module runs
+        w = module.weight
+        seen.append((id(module), w.device, w.dtype, w.is_contiguous()))
+
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_pre_hook(spy)
+    d = describe(model, spec, (28, 28))
+    assert d["image_pixels_seen"] == [22, 22]  # the same answer as the fp32 model's
+    assert len(seen) == 1 and seen[0][0] != id(first_conv)  # one probe forward, on another module (the copy)
+    assert seen[0][1:] == (torch.device("cpu"), torch.float32, True)  # on the CPU, fp32, contiguous
+    assert model.training and [id(p) for p in model.parameters()] == params
+    assert all(v.dtype == before[k].dtype and torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert first_conv.weight.dtype == torch.bfloat16 and first_conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_inspect_and_train_say_what_the_model_sees(tmp_path) -> None:
     from stage_helpers import _cli
 

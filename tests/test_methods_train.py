@@ -153,8 +153,14 @@ def test_methods_command_lists_every_method_with_its_recipe(cli):
     assert by["ofd"]["reads"] == "taps (pre-ReLU)" and by["reviewkd"]["reads"] == "taps (teacher's pre-ReLU) + embedding"
     assert by["kd"]["hparams"]["learnable_temperature"] == 0 and by["kd-ls"]["default_weight"] == 9.0
     assert by["mlkd"]["note"].startswith("single-view") and all(r["citation"] for r in rows)
+    assert by["kd"]["ranges"]["temperature"] == {"low": 0.0, "high": None, "low_open": True, "high_open": False,
+                                                 "integer": False, "text": "a finite number > 0"}
+    assert by["dkd"]["ranges"]["warmup"]["text"] == "an integer >= 0"
+    assert all(set(r["ranges"]) == set(r["hparams"]) for r in rows if r["name"] != "crd")  # crd: see test_methods
     code, _, err = cli("methods")
+    text = " ".join(err.replace("│", " ").split())
     assert code == 0 and "22 KD methods" in err and "reviewkd" in err
+    assert "temperature=4 (>0)" in text and "a weight >= 0" in text
 
 
 def test_distill_help_lists_every_method(cli):

@@ -5,10 +5,12 @@ Kept apart from the training loop so `evaluate`/`retrieve` share the same device
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import resource
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +42,12 @@ class Runtime:
             return nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
+
+    def device_name(self) -> str:
+        """The device alone: the GPU's name and index, or the CPU with its thread count."""
+        if self.device.type == "cuda":
+            return f"{torch.cuda.get_device_name(self.device)} ({self.device})"
+        return f"cpu x{torch.get_num_threads()}"
 
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
@@ -141,22 +149,61 @@ def broadcast_state(module: torch.nn.Module, rt: Runtime) -> None:
                 dist.broadcast(t.data, 0)
 
 
-def ddp(module: torch.nn.Module, rt: Runtime, ignore: list[str] | tuple[str, ...] = ()) -> Any:
+def ddp(module: torch.nn.Module, rt: Runtime, ignore: list[str] | tuple[str, ...] = (),
+        probe: Callable[[], torch.Tensor] | None = None) -> Any:
     """`module` in plain DistributedDataParallel when distributed, else itself. Rank 0's state is broadcast
     at wrap time, so ranks that built it from different seeds (the seed is offset by rank) agree.
-    `ignore` names parameters/buffers (state-dict names) that DDP neither syncs nor expects gradients for."""
+    `ignore` names parameters/buffers (state-dict names) that DDP neither syncs nor expects gradients for;
+    `probe` computes the step's loss from `module` on a few samples: the trainable parameters it leaves
+    without gradient (see `unreached`) are ignored too, so DDP never waits for them (plain DDP raises at
+    the second step) and never needs find_unused_parameters (a graph walk every step)."""
     if not rt.distributed:
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    if ignore:
-        # DDP reads this list at construction (a private static method, present on every torch >= 1.8)
-        setter = getattr(DDP, "_set_params_and_buffers_to_ignore_for_model", None)
-        if setter is not None:
-            setter(module, list(ignore))
-        else:  # pragma: no cover - what the setter does
-            module._ddp_params_and_buffers_to_ignore = list(ignore)
+    ignore = list(ignore) + (unreached(module, probe) if probe is not None else [])
+    gc.collect()  # an earlier wrapper of this module no longer referenced: its gradient hooks must be gone
+    # DDP reads this list at construction (a private static method, present on every torch >= 1.8); set it
+    # also when empty, so a list an earlier wrapper of the same module was given does not linger
+    setter = getattr(DDP, "_set_params_and_buffers_to_ignore_for_model", None)
+    if setter is not None:
+        setter(module, ignore)
+    else:  # pragma: no cover - what the setter does
+        module._ddp_params_and_buffers_to_ignore = ignore
     return DDP(module, device_ids=[rt.device] if rt.device.type == "cuda" else None)
+
+
+def unreached(module: torch.nn.Module, loss: Callable[[], torch.Tensor]) -> list[str]:
+    """State-dict names of `module`'s trainable parameters that no gradient of `loss()` reaches, and the
+    buffers of its modules that own only such parameters (a BN whose weights get no gradient): what DDP
+    must neither sync nor wait for. One probing backward in eval mode (no running statistics change, no
+    .grad is written) with the random generators forked (the probe draws nothing a step would), so every
+    rank finds the same set and the run goes on as without the probe. The loss decides, not a guess: a
+    head without CE, a tap method's unread layers, a phase's untrained part."""
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if not named:
+        return []
+    was = module.training
+    module.eval()
+    cuda = sorted({p.device.index or 0 for _, p in named if p.device.type == "cuda"})
+    try:
+        with torch.enable_grad(), torch.random.fork_rng(devices=cuda):
+            out = loss()
+            grads = (torch.autograd.grad(out, [p for _, p in named], allow_unused=True) if out.requires_grad
+                     else [None] * len(named))
+    finally:
+        module.train(was)
+    return with_orphan_buffers(module, {n for (n, _), g in zip(named, grads) if g is None})
+
+
+def with_orphan_buffers(module: torch.nn.Module, unused: set[str]) -> list[str]:
+    """The unused parameters' names plus the buffers of the modules that own only unused parameters."""
+    out = sorted(unused)
+    for mod_name, mod in module.named_modules():
+        own = [f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_parameters(recurse=False)]
+        if own and all(o in unused for o in own):
+            out += [f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_buffers(recurse=False)]
+    return out
 
 
 def sync_batchnorm(model: torch.nn.Module, rt: Runtime, enabled: bool) -> torch.nn.Module:

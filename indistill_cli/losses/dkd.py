@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, ramp, teacher_view
+from indistill_cli.losses.base import EPOCHS, NON_NEGATIVE, POSITIVE, DistillLoss, KDBatch, ramp, teacher_view
 from indistill_cli.losses.registry import register
 
 
@@ -74,6 +74,7 @@ class DKD(DistillLoss):
     """Target-class and non-target-class KD with independent weights."""
 
     hparams = {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20}
+    ranges = {"alpha": NON_NEGATIVE, "beta": NON_NEGATIVE, "temperature": POSITIVE, "warmup": EPOCHS}
 
     def forward(self, b: KDBatch) -> torch.Tensor:
         loss = dkd_loss(

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, consecutive_connectors, teacher_view
+from indistill_cli.losses.base import COUNT, DistillLoss, KDBatch, consecutive_connectors, teacher_view
 from indistill_cli.losses.registry import register
 
 
@@ -101,6 +101,7 @@ class KDSVD(DistillLoss):
     """Match how the dominant singular directions of consecutive taps relate."""
 
     hparams = {"k": 1}
+    ranges = {"k": COUNT}
 
     def setup(self) -> None:
         self.connectors = consecutive_connectors(self)

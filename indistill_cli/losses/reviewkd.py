@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, ramp, teacher_view
+from indistill_cli.losses.base import EPOCHS, DistillLoss, KDBatch, ramp, teacher_view
 from indistill_cli.losses.registry import register
 from indistill_cli.models.pooling import adaptive_avg_pool2d
 
@@ -73,6 +73,7 @@ class ReviewKD(DistillLoss):
     """Deep-to-shallow fused student levels regress the teacher's levels (multi-scale MSE)."""
 
     hparams = {"warmup": 20}
+    ranges = {"warmup": EPOCHS}
 
     def setup(self) -> None:
         s_ch = [s[0] for s in self.s_shapes]

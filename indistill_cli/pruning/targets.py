@@ -126,27 +126,3 @@ class StudentUpTo(nn.Module):
         with TapSet(self.student, self.names, stop_after=self.names[-1]) as t:
             t.forward(x)
             return [t.out[n] for n in self.names[self.first :]]
-
-    def unused_state(self, x: torch.Tensor) -> list[str]:
-        """Names (in this module's state dict) of the parameters no gradient reaches in this phase, and
-        the buffers of the modules that own only such parameters. Found by one probing backward in eval
-        mode (no running statistics change, no .grad is written), so every rank finds the same set."""
-        was = self.training
-        self.eval()
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        with torch.enable_grad():
-            total = sum(o.float().sum() for o in self(x))
-            grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
-        self.train(was)
-        return with_orphan_buffers(self, {n for (n, _), g in zip(named, grads) if g is None})
-
-
-def with_orphan_buffers(module: nn.Module, unused: set[str]) -> list[str]:
-    """The unused parameters' names plus the buffers of the modules that own only unused parameters (a BN
-    whose weights get no gradient): what DDP must neither sync nor wait for."""
-    out = sorted(unused)
-    for mod_name, mod in module.named_modules():
-        own = [f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_parameters(recurse=False)]
-        if own and all(o in unused for o in own):
-            out += [f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_buffers(recurse=False)]
-    return out

@@ -17,20 +17,21 @@ import torch.nn as nn
 from indistill_cli import losses, progress
 from indistill_cli.engine import determinism
 from indistill_cli.engine.loop import Engine, FitResult
-from indistill_cli.engine.runtime import broadcast_state, ddp, maybe_compile, sync_batchnorm
+from indistill_cli.engine.runtime import broadcast_state, maybe_compile, sync_batchnorm
 from indistill_cli.engine.schedule import SELECT_KEYS, SELECT_PHRASES, OptimConfig, check_epochs, resolve_select
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import load_checkpoint
 from indistill_cli.io.history import history_entry, write_model
 from indistill_cli.io.paths import sibling
+from indistill_cli.losses.base import NON_NEGATIVE
 from indistill_cli.metrics.flow import flow_mse
 from indistill_cli.models import spec_name
 from indistill_cli.pruning.rebuild import model_from_checkpoint
 from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
 from indistill_cli.stages.base import Stage
 from indistill_cli.stages.ce import val_metrics
-from indistill_cli.stages.distiller import (Distiller, KeepFlow, MethodSpec, feature_shapes, method_pairs,
-                                            parse_methods, save_adapters, vector_flags)
+from indistill_cli.stages.distiller import (Distiller, KeepFlow, MethodSpec, distiller_step, feature_shapes,
+                                            method_pairs, parse_methods, save_adapters, vector_flags)
 from indistill_cli.stages.phases import method_phases, run_phases
 from indistill_cli.stages.options import RunOptions
 from indistill_cli.stages.resolve import Resolved, frozen, resolve_model
@@ -67,11 +68,7 @@ class Distill(Stage):
         if self.epochs is not None:
             check_epochs(self.epochs)
         self.optim.validate()  # a bad option must fail before any loading or output
-        if self.ce is not None and not self.ce >= 0:
-            raise BadInput(f"--ce must be >= 0, got {self.ce}")
-        if not (self.keep_flow >= 0 and 0 < self.keep_flow_decay <= 1):
-            raise BadInput(f"--keep-flow must be >= 0 and --keep-flow-decay in (0, 1], got {self.keep_flow} and "
-                           f"{self.keep_flow_decay}")
+        check_weights(self.ce, self.keep_flow, self.keep_flow_decay)
         if self.keep_flow and not self.flow_teacher:
             raise BadInput("--keep-flow needs --flow-teacher PRUNED (the pruned teacher whose targets the warmup used)")
         if self.plan and not self.continue_plan:
@@ -181,8 +178,7 @@ class Distill(Stage):
         rt, distiller, student, curves = s.rt, self.distiller, self.student, self.curves
         if self.opts.compile:
             object.__setattr__(distiller, "run_student", maybe_compile(student, True))
-        # student + trainable adapters in DDP under torchrun; the teacher stays outside. The methods' buffers
-        # (CRD's memory banks) are not broadcast every step: they start equal and get every rank's updates.
+        # student + trainable adapters in DDP under torchrun (distiller_step); the teacher stays outside
         broadcast_state(distiller.losses, rt)
         check_deterministic(distiller, teacher, rt, self.student_r.spec)
         loader = s.train_loader(self.student_r.spec)
@@ -192,11 +188,7 @@ class Distill(Stage):
             self.state.register("phases", lambda: log, lambda saved: (log.clear(), log.extend(saved)))
         run_phases(method_phases(distiller), distiller, teacher, loader, rt, self.optim, self.state,
                    self.opts.skip_nonfinite, log)
-        net = ddp(distiller, rt, [f"losses.{n}" for n, _ in distiller.losses.named_buffers()])
-
-        def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
-            return net(batch.x, batch.y, batch.idx, epoch, distiller.teacher_outputs(batch.x, teacher))
-
+        step = distiller_step(distiller, teacher, rt)
         emb_tap = self.student_r.spec["embedding"]["name"] if self.chosen == "map" else None
 
         def validate(epoch: int) -> dict[str, float]:
@@ -263,6 +255,15 @@ class Distill(Stage):
     def finish(self) -> None:
         if hasattr(self, "distiller"):
             self.distiller.close()
+
+
+def check_weights(ce: float | None, keep_flow: float, keep_flow_decay: float) -> None:
+    """--ce and --keep-flow are weights (finite, >= 0), --keep-flow-decay a factor in (0, 1]."""
+    if ce is not None and ce not in NON_NEGATIVE:
+        raise BadInput(f"--ce must be {NON_NEGATIVE}, got {ce:g}")
+    if keep_flow not in NON_NEGATIVE or not 0 < keep_flow_decay <= 1:
+        raise BadInput(f"--keep-flow must be {NON_NEGATIVE} and --keep-flow-decay in (0, 1], got {keep_flow:g} and "
+                       f"{keep_flow_decay:g}")
 
 
 def build_methods(specs: list[MethodSpec], teacher_r: Resolved, student_r: Resolved, teacher: nn.Module,

@@ -28,8 +28,8 @@ class RunOptions:
                                     "see the whole image), the stored size for others; for imagefolder the images' "
                                     "own size when they share one, else 224.")
     cache: str = option("auto", help="Image folders: ram decodes the images once into memory and serves them like "
-                        "the built-in sets; off streams them from disk every epoch; auto: ram when they fit in 2 GiB "
-                        "and half the free memory.")
+                        "the built-in sets (on the training device: a GPU must hold them too); off streams them from "
+                        "disk every epoch; auto: ram when they fit in 2 GiB and half the free memory (host and GPU).")
     batch_size: int = option(128, "--batch-size", "-b", help="Training batch size.")
     eval_batch_size: int = option(256, help="Evaluation batch size.", tunable=True)
     seed: int = option(0, help="Random seed (same seed = bitwise-identical result on CPU).")

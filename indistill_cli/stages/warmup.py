@@ -9,7 +9,6 @@ curves of the paper's Figure 2.
 
 from __future__ import annotations
 
-import gc
 from typing import Any
 
 import torch
@@ -52,11 +51,11 @@ class PhaseNets:
 
     def __call__(self, l: int, x: torch.Tensor) -> Any:
         if l not in self.nets:
-            self.nets.clear()
-            gc.collect()  # the previous phase's DDP (its gradient hooks) must be gone before the next one
+            self.nets.clear()  # the previous phase's DDP (its gradient hooks) goes before the next is built
             m = StudentUpTo(self.flow, 0 if self.cumulative else l, l)
-            ignore = m.unused_state(torch.zeros_like(x[:2])) if self.rt.distributed else []
-            self.nets[l] = maybe_compile(ddp(m, self.rt, ignore), self.compile)
+            probe = torch.zeros_like(x[:2])
+            self.nets[l] = maybe_compile(ddp(m, self.rt, probe=lambda: sum(o.float().sum() for o in m(probe))),
+                                         self.compile)
         return self.nets[l]
 
 
