@@ -177,15 +177,23 @@ def test_tap_overrides(teacher, work):
 
 @pytest.mark.trained
 def test_tap_methods_resnet_teacher_to_cnn_student(tmp_path_factory, work, record):
-    """resnet8 -> cnn3-w0.5 with fitnet + at + sp: 3 taps each, spatial sizes differ (32/16/8 vs 15/6/2)."""
-    r8 = _shared_file(tmp_path_factory, "resnet8_quick", build_quick_teacher("resnet8", 20))
+    """resnet8 -> cnn3-w0.5 with fitnet + at + sp: 3 taps each, spatial sizes differ (32/16/8 vs 15/6/2).
+
+    The three feature terms are ~97% of the loss (CE ~2 of ~70). Under SGD (lr 0.05) such a loss made one epoch
+    end anywhere between 0.18 and 0.54 val top-1 depending on the CPU's kernels and the teacher; Adam (the
+    reference student optimiser of the short method runs) scales each step by its gradient's size, and the same
+    run ends at 0.47-0.54 on every kernel variant and seed tried (benchmarks/results/margins.md). The teacher
+    gets 60 Adam batches (val top-1 ~0.45-0.55): at 20 (the warmup tests' resnet8) it is ~0.33-0.39, barely a
+    teacher; a full epoch would cost ~25 s on one core."""
+    r8 = _shared_file(tmp_path_factory, "resnet8_quick60", build_quick_teacher("resnet8", 60))
     out = work / "mixed_resnet.safetensors"
     summary = _ok("distill", "-t", r8, "-s", "cnn3-w0.5", "-o", out, "-m", "fitnet:10", "-m", "at", "-m", "sp",
-                  "--epochs", "1", "--val-fraction", "0.6", "--batch-size", "32", *SEED)
+                  "--epochs", "1", "--val-fraction", "0.6", "--batch-size", "32", "--optimizer", "adam", "--lr", "1e-3",
+                  "--wd", "0", *SEED)
     pairs = [[f"layer{i}", f"block{i}"] for i in (1, 2, 3)]
     assert [(m["name"], m["pairs"]) for m in summary["methods"]] == [("fitnet", pairs), ("at", pairs), ("sp", pairs)]
     _check_loss_composition(summary["epochs"][0], 1.0, {"fitnet": 10.0, "at": 1000.0, "sp": 3000.0})
-    record("val_top1", summary["val_top1"], 0.25, ">=")  # observed 0.31 at 32x32 (4000 images, a weak teacher)
+    record("val_top1", summary["val_top1"], 0.25, ">=")  # 10 classes: chance and an untrained student ~0.1
     from safetensors.torch import load_file
 
     t = load_file(str(work / "mixed_resnet.adapters.safetensors"))
