@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from stage_helpers import _bad, _ok, teacher  # noqa: F401 - fixtures
+from stage_helpers import SEED, _bad, _ok, teacher  # noqa: F401 - fixtures
 from test_resume import _sigint_at_call
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHORT = ("--epochs", "2", "--val-fraction", "0.6", "--optimizer", "adam", "--lr", "1e-3", "--wd", "0")
+SHORT = ("--epochs", "2", "--val-fraction", "0.6", "--optimizer", "adam", "--lr", "1e-3", "--wd", "0", *SEED)
 # the methods whose loss is read from their phase, and the parameters that make 2 epochs show a trend
 # (no ramp: the warm-up factors would make a term grow)
 PARAMS = {"reviewkd": ["reviewkd.warmup=0"], "dkd-ls": ["dkd-ls.warmup=0"], "ft": ["ft.init_epochs=1"],
@@ -43,8 +43,9 @@ def _params(row: str) -> list[str]:
     return [a for p in PARAMS.get(row, []) for a in ("--param", p)]
 
 
+@pytest.mark.trained
 @pytest.mark.parametrize("row", ROWS)
-def test_each_method_lowers_its_loss_and_trains_the_student(row, teacher, work):
+def test_each_method_lowers_its_loss_and_trains_the_student(row, teacher, work, record):
     method = "kd" if row == "ctkd" else row
     out = work / f"{row}.safetensors"
     # 2000 images for the slowest method; all 9500 where CE has weight 0.1 (the student learns the labels slower)
@@ -57,8 +58,8 @@ def test_each_method_lowers_its_loss_and_trains_the_student(row, teacher, work):
     else:
         curve = [r[f"train_{method}"] for r in s["epochs"]]
     print(f"{row}: loss {curve}, val top-1 {s['val_top1']:.3f}")
-    assert curve[-1] < curve[0], (row, curve)
-    assert s["val_top1"] > 0.3, (row, s["val_top1"])
+    record("loss drop, first to last epoch (/|first|)", (curve[0] - curve[-1]) / abs(curve[0]), 0.0, ">")
+    record("val_top1", s["val_top1"], 0.3, ">")
     if row == "ctkd":  # the learned temperature left its start (theta = 1) and is in the sidecar
         from safetensors.torch import load_file
 
