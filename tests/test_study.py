@@ -55,6 +55,7 @@ def test_protocol_is_written_before_any_run_and_recorded_by_every_run(base, tmp_
         ("InD+KD", "KD+W", True), ("InD+KD", "KD", False), ("KD+W", "KD", False)]
     assert proto["data"]["train_fraction"] == 0.1 and proto["data"]["train"] == 900 and proto["data"]["test"] == 2000
     assert len(proto["data"]["sha256"]) == 64 and proto["models"]["teacher"] == {"arch": "cnn3"}
+    assert "Holm" in proto["tests"]["multiplicity"] and proto["written_by"]["tool"].startswith("indistill ")
     assert proto["data"]["sha256"] in (tmp_path / "p" / "protocol.md").read_text()
     # the smoke study: protocol first, and every run names the protocol it ran under
     sha = _sha(base / "protocol.json")
@@ -98,9 +99,10 @@ def test_bad_study_options_are_one_line(tmp_path, cli):
     assert not (tmp_path / "x").exists()
 
 
-def test_a_killed_study_resumes_without_redoing_finished_runs(base, tmp_path):
-    """SIGKILL the whole study (its workers too) after a few runs; the rerun (--jobs 2) leaves the finished runs'
-    files untouched, starts none of them again, and ends with the numbers of the uninterrupted --jobs 1 study."""
+def test_a_killed_study_resumes_with_jobs_2_and_the_numbers_of_jobs_1(base, tmp_path):
+    """SIGKILL the whole study (its workers too) after a few runs; the rerun with --jobs 2 (two runs at a time)
+    leaves the finished runs' files untouched, starts none of them again, and ends with exactly the numbers of
+    the uninterrupted --jobs 1 study."""
     out = tmp_path / "killed"
     p = subprocess.Popen([sys.executable, "-m", "indistill_cli", *SMOKE, "--jobs", "1", "-o", str(out)],
                          env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -122,10 +124,21 @@ def test_a_killed_study_resumes_without_redoing_finished_runs(base, tmp_path):
     assert values(out) == values(base)  # --jobs 2 after a kill: the numbers of --jobs 1 uninterrupted
 
 
-def test_jobs_2_gives_the_numbers_of_jobs_1(base, tmp_path):
-    code, _, err = run_cli_subprocess(*SMOKE, "--jobs", "2", "-o", tmp_path / "jobs2", timeout=900)
-    assert code == 0, err[-3000:]
-    assert values(tmp_path / "jobs2") == values(base) and len(values(base)) == 10
+def test_devices_take_one_run_each():
+    """--devices: one worker per device, each run given a free one and the device back when it ends (the
+    assignment the GPUs get, on names alone: no process starts)."""
+    from indistill_cli.stages.study_presets import preset
+    from indistill_cli.stages.study_runs import _on_device, _Pool, execution
+
+    spec = preset("smoke")
+    ex = execution(spec, None, None, "0,1", "pool", [])
+    assert (ex.workers, ex.devices) == (2, ("cuda:0", "cuda:1"))
+    with _Pool(ex) as pool:
+        assert pool.slots == 2 and [pool.device(), pool.device(), pool.device()] == ["cuda:0", "cuda:1", None]
+        pool.release("cuda:1")
+        assert pool.device() == "cuda:1"
+    assert dict(_on_device(spec, "cuda:1").run)["device"] == "cuda:1" and dict(spec.run)["device"] == "cpu"
+    assert execution(spec, 3, None, None, "pool", []).threads == max(1, (os.cpu_count() or 1) // 3)
 
 
 def test_submitit_local_executor_runs_the_missing_runs(base, tmp_path):
@@ -180,6 +193,19 @@ def test_paired_statistics_against_scipy_on_fixed_inputs():
                                                 "beyond ±1.30")
     assert paired.verdict(1.0, 0.2, 1.8, 7, 0.08, 4) == ("helps (does not hold after Holm over 4 primary "
                                                          "comparisons: p = 0.08)")
+
+
+def test_scores_have_one_spelling_and_read_the_old_ones():
+    from indistill_cli.metrics.scores import Scores
+
+    ev, rt = {"top1": 0.5, "top5": 0.75}, {"metrics": {"cosine": {"map": 0.25, "precision@100": 0.5},
+                                                         "euclidean": {"map": 0.125}}}
+    s = Scores.from_stages(ev, rt)
+    assert s.as_dict() == {"top1": 50.0, "top5": 75.0, "map_cosine": 25.0, "map_euclidean": 12.5, "p100_cosine": 50.0}
+    old_pipeline = {"top1": 0.5, "top5": 0.75, "map_cosine": 0.25, "map_euclidean": 0.125, "p@100_cosine": 0.5}
+    old_compare = {"top1": 0.5, "top5": 0.75, "map": 0.25, "map_euclidean": 0.125, "data": "x"}
+    assert Scores.read(old_pipeline) == s and Scores.read(s.as_dict()) == s
+    assert Scores.read(old_compare) == Scores(50.0, 75.0, 25.0, 12.5)
 
 
 def test_committed_methods_study_is_reported_by_the_command(tmp_path):

@@ -221,14 +221,15 @@ def command_spec(teacher: str | None, student: str | None, methods: str, seeds: 
                  epochs: int, opts: RunOptions, student_optim: OptimConfig, teacher_optim: OptimConfig,
                  **kw: Any) -> StudySpec:
     """The study a command line describes (`indistill study -t T -s S --methods kd,pkt ...`)."""
-    from indistill_cli import losses
+    from indistill_cli.stages.distiller import parse_methods
 
     if not teacher or not student:
         raise BadInput("give --teacher and --student (or --preset NAME, or -o a study folder that holds a "
                        "protocol.json to continue it)")
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
-    for m in names:
-        losses.get(m)  # an unknown method fails here, with the names it knows
+    if any(":" in m for m in names):
+        raise BadInput(f"--methods {methods}: one method per row, without weights (each is compared on its own)")
+    parse_methods(list(names), list(kw["params"]))  # unknown methods and parameters fail here, in one line
     if seeds < 1:
         raise BadInput(f"--seeds must be at least 1, got {seeds}")
     student_optim.validate()

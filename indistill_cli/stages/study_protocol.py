@@ -22,7 +22,13 @@ from indistill_cli.stages.study import StudySpec
 from indistill_cli.stages.study_render import render
 
 FORMAT = "indistill-study/1"
-IDENTITY = ("format", "design", "data", "models")  # what must be equal to add runs to a folder
+IDENTITY = ("format", "design", "tests", "data", "models")  # what must be equal to add runs to a folder
+TESTS = {"differences": "a - b paired by seed, on the primary seeds (then all complete seeds)",
+         "interval": "95% t-interval of the mean difference", "p": "paired t-test, two-sided",
+         "wilcoxon": "signed-rank, two-sided, exact, reported where n >= 6",
+         "multiplicity": "Holm over the primary comparisons x primary endpoints",
+         "verdict": "helps: interval above 0; hurts: below 0; else no detectable difference, with the interval's "
+                    "larger bound; primaries also say whether they hold after Holm"}
 
 
 def sha256(path: Path) -> str:
@@ -65,7 +71,7 @@ def protocol(spec: StudySpec) -> dict[str, Any]:
     models = {"teacher": model_identity(spec.teacher), "student": model_identity(spec.student)}
     if spec.aux:
         models["auxiliary"] = {"arch": spec.aux}
-    return {"format": FORMAT, "design": design(spec), "data": data_identity(spec), "models": models,
+    return {"format": FORMAT, "design": design(spec), "tests": TESTS, "data": data_identity(spec), "models": models,
             "planned": {"threads": spec.threads, "jobs": spec.jobs},
             "written_by": {"tool": f"indistill {__version__}", "revision": revision(),
                            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
