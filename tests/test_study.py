@@ -184,7 +184,7 @@ def test_paired_statistics_against_scipy_on_fixed_inputs():
     assert (m, lo, hi) == pytest.approx((sum(d) / len(d), ci.low, ci.high), rel=1e-12)
     assert paired.t_test_p(d) == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue, rel=1e-12)
     assert paired.wilcoxon_p(d) == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-12)
-    assert paired.wilcoxon_p(d) == pytest.approx(0.078125)  # exact: 2 * P(W- <= 3) with n = 7
+    assert paired.wilcoxon_p(d) == pytest.approx(14 / 128)  # exact: W- = 1 + 3; 7 of the 2^7 sign sets have W- <= 4
     assert math.isnan(paired.wilcoxon_p([0.0, 0.0])) and math.isnan(paired.t_interval([1.0])[1])
     # Holm: sorted p (0.005, 0.01, 0.03, 0.04) x (4, 3, 2, 1), made monotone; nan stays out of the family
     assert paired.holm([0.01, 0.04, 0.03, 0.005, math.nan])[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02])
@@ -225,15 +225,18 @@ def test_committed_methods_study_is_reported_by_the_command(tmp_path):
     before = next(c for c in old["summary"]["rows"]["kd"]["comparisons"] if c["view"] == "equal total epochs")
     assert kd["top1"]["mean"] == before["top1"]["mean"] and kd["top1"]["ci95"] == before["top1"]["ci95"]
     assert (out / "protocol.json").exists() and (out / "protocol.md").read_bytes() == (src / "protocol.md").read_bytes()
+    (out / "protocol.json").unlink()
     code, _, err = run_cli_subprocess("study", "--preset", "methods-mini", "-o", out)
     assert_one_line_error(code, err, "not its runs/ and work/")
+    assert not (out / "protocol.json").exists()  # refused before anything was written
 
 
 # ------------------------------------------------------------------------------------------ --train-fraction
 
 
 def _ids(split) -> list[bytes]:
-    return [hashlib.sha1(img.numpy().tobytes() + bytes([int(y)])).digest() for img, y in zip(split.images, split.labels)]
+    return [hashlib.sha1(img.numpy().tobytes() + bytes([int(y)])).digest()
+            for img, y in zip(split.images, split.labels)]
 
 
 def test_train_fraction_is_nested_stratified_and_leaves_val_and_test_alone():

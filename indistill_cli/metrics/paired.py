@@ -28,7 +28,8 @@ def t_interval(d: list[float], level: float = 0.95) -> tuple[float, float, float
     m = statistics.fmean(d)
     if len(d) < 2:
         return m, math.nan, math.nan
-    half = _stats().t.ppf(0.5 + level / 2, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))  # type: ignore[attr-defined]
+    t = _stats().t.ppf(0.5 + level / 2, len(d) - 1)  # type: ignore[attr-defined]
+    half = t * statistics.stdev(d) / math.sqrt(len(d))
     return m, m - half, m + half
 
 

@@ -14,7 +14,6 @@ chain's links (`stages.chain`). `study_runs` executes them, `study_protocol` wri
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -260,7 +259,3 @@ def choose_keep(spec: StudySpec, done: dict[str, dict[str, Any]]) -> tuple[float
 def opts_for(spec: StudySpec, seed: int, **kw: Any) -> RunOptions:
     """The run options of one run: the study's, this seed, no timed resume states (a run is the unit)."""
     return RunOptions(**{**spec.options, "seed": seed, "save_every": 0, **kw})
-
-
-def replace(spec: StudySpec, **kw: Any) -> StudySpec:
-    return dataclasses.replace(spec, **kw)

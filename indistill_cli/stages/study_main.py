@@ -48,8 +48,9 @@ def run_phases(spec: StudySpec, out: Path, ex: Execution, accept_gap: bool) -> N
         except IndistillError:
             raise
         except Exception as e:  # noqa: BLE001 - a run's own failure, as one line naming it
-            raise RunFailure(f"a study run failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                             f" (finished runs are kept; rerun the same command to continue)") from e
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise RunFailure(f"a study run failed: {type(e).__name__}: {first} (finished runs are kept; rerun the same "
+                             "command to continue)") from e
 
 
 def run_study(spec: StudySpec, out: Path, ex: Execution, mode: str = "run", accept_gap: bool = False,
@@ -57,14 +58,16 @@ def run_study(spec: StudySpec, out: Path, ex: Execution, mode: str = "run", acce
     """mode: run (protocol, runs, report), protocol (write or check the protocol and stop), report (only the
     report, from the finished runs)."""
     spec.check()
+    if mode == "run":
+        _check_folder(out)
     sha, written = ensure(spec, out)
+    note = "; commit them before the first run" if written and mode == "protocol" else ""
     progress.info(f"{'wrote' if written else 'protocol matches'}: {out / 'protocol.md'}, {out / 'protocol.json'} "
-                  f"(sha256 {sha[:16]}){'; commit them before the first run' if written and mode == 'protocol' else ''}")
+                  f"(sha256 {sha[:16]}){note}")
     summary: dict[str, Any] = {"out": str(out), "protocol_sha256": sha, "protocol_written": written}
     if mode == "protocol":
         return summary
     if mode == "run":
-        _check_folder(out)
         ex.protocol = sha
         run_phases(spec, out, ex, accept_gap)
     runs = finished(out)

@@ -56,7 +56,8 @@ def reference_lines(spec: StudySpec, ref: dict[str, Any]) -> list[str]:
     if ref["pilot"]:
         lines.append(f"\n## Pilot (validation split, seed {spec.pilot_seed}): keep-flow weight and decay\n\n"
                      "| weight | decay | val mAP |\n|---|---|---|\n")
-        lines += [f"| {r['keep_flow'][0]:g} | {r['keep_flow'][1]:g} | {r['val_map']:.2f} |\n" for r in ref["pilot"]["runs"]]
+        lines += [f"| {r['keep_flow'][0]:g} | {r['keep_flow'][1]:g} | {r['val_map']:.2f} |\n"
+                  for r in ref["pilot"]["runs"]]
         w, d = ref["pilot"]["chosen"]
         lines.append(f"\nChosen (highest validation mAP): weight {w:g}, decay {d:g}.\n")
     return lines

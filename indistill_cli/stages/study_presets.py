@@ -88,7 +88,8 @@ def effect_spec(name: str, script: str, data: str, teacher: str, teacher_epochs:
                    c("PKT+W", "PKT", "control: the warmup's epochs given to PKT"), c("InD+KD", "KD", "warmup added"),
                    c("KD+W", "KD", "control: the warmup's epochs given to KD"),
                    c("InD+PKT+keep", "InD+PKT", "keep-flow (ours) vs plain InDistill"),
-                   c("PKT+W", "CE", "context: PKT vs CE, equal epochs"), c("KD+W", "CE", "context: KD vs CE, equal epochs"))
+                   c("PKT+W", "CE", "context: PKT vs CE, equal epochs"),
+                   c("KD+W", "CE", "context: KD vs CE, equal epochs"))
     return StudySpec(name=name, teacher=teacher, student=student, rows=rows, arms=arms, comparisons=comparisons,
                      kd_epochs=kd_epochs, curriculum=curriculum, seeds=seeds, primary_seeds=primary_seeds,
                      run=_run(data, val_fraction, batch_size, device), teacher_epochs=teacher_epochs,

@@ -127,8 +127,8 @@ def recorded(out: Path, execution: dict[str, Any]) -> StudySpec:
     d = json.loads((out / "protocol.json").read_text())["design"]
     if d["name"] != "custom":
         return preset(d["name"], execution)
-    tuples = {k: tuple(tuple(v) if isinstance(v, list) else v for v in d[k]) for k in ("seeds", "endpoints",
-                                                                                       "primary_endpoints", "keep_grid")}
+    listed = ("seeds", "endpoints", "primary_endpoints", "keep_grid")
+    tuples = {k: tuple(tuple(v) if isinstance(v, list) else v for v in d[k]) for k in listed}
     spec = StudySpec(**{**d, **tuples, "rows": tuple(Row(**{**r, "params": tuple(r["params"])}) for r in d["rows"]),
                         "arms": tuple(Arm(**a) for a in d["arms"]),
                         "comparisons": tuple(Comparison(**c) for c in d["comparisons"]),

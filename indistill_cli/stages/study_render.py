@@ -54,8 +54,8 @@ def _methods(spec: StudySpec) -> str:
     from indistill_cli import losses
 
     e, w = spec.kd_epochs, spec.warm_epochs
-    arm_rows = "".join(f"| {a} | {label} | {w + e if a == 'M+W' else e} KD{f' after {w} warmup' if a == 'InD+M' else ''}"
-                       " |\n" for a, label in METHODS_ARMS.items())
+    arm_rows = "".join(f"| {a} | {label} | {w + e if a == 'M+W' else e} KD"
+                       f"{f' after {w} warmup' if a == 'InD+M' else ''} |\n" for a, label in METHODS_ARMS.items())
     first = spec.rows[0].name
     generic = {a.name: ARM_KINDS[a.kind][0].format(M="M") for a in spec.arms}
     comps = "".join(f"| {generic[c.a]} - {generic[c.b]} | {c.view} |\n" for c in spec.comparisons
@@ -63,7 +63,8 @@ def _methods(spec: StudySpec) -> str:
     table = "| row | method | weight | CE weight | --param (beyond the registered defaults) |\n|---|---|---|---|---|\n"
     for r in spec.rows:
         cls = losses.get(r.method)
-        table += f"| {r.name} | {r.method} | {cls.default_weight:g} | {cls.ce_weight:g} | {' '.join(r.params) or '-'} |\n"
+        table += (f"| {r.name} | {r.method} | {cls.default_weight:g} | {cls.ce_weight:g} | "
+                  f"{' '.join(r.params) or '-'} |\n")
     n = len(spec.seeds)
     return study_prose.METHODS.format(
         p=_legacy_p(spec), name=spec.script, n_rows=len(spec.rows), arm_rows=arm_rows, w=w, e=e, total=w + e,
@@ -82,7 +83,8 @@ def _loss(spec: StudySpec, kind: str, row: str) -> str:
 
 def _generic(spec: StudySpec, proto: dict[str, Any]) -> str:
     o, E, W, data, models = spec.options, spec.kd_epochs, spec.warm_epochs, proto["data"], proto["models"]
-    arm_rows = "".join(f"| {a.name} | {a.label} | {f'{W} warmup + {E}' if a.kind in ('ind', 'cum', 'keep') else spec.arm_epochs(a)}"
+    arm_rows = "".join(f"| {a.name} | {a.label} | "
+                       f"{f'{W} warmup + {E}' if a.kind in ('ind', 'cum', 'keep') else spec.arm_epochs(a)}"
                        f" | {_loss(spec, a.kind, a.row)} |\n" for a in spec.arms)
     prim = [c for c in spec.comparisons if c.primary]
     comps = "".join(f"| {c.a} - {c.b} | {c.view} | {'**primary**' if c.primary else ''} |\n" for c in spec.comparisons)
@@ -96,12 +98,14 @@ def _generic(spec: StudySpec, proto: dict[str, Any]) -> str:
         views=_views(views), val_pct=f"{o.get('val_fraction', 0.1):.0%}", train_share=_train_share(o),
         serving=_serving(o), batch_size=o.get("batch_size", 128), data_sha=data["sha256"], n_train=data["train"],
         n_val=data["val"], n_test=data["test"], teacher_line=_teacher_line(spec, models),
-        aux_line=_aux_line(spec), criterion=spec.criterion.upper() if spec.criterion in ("l1", "l2") else spec.criterion,
+        aux_line=_aux_line(spec),
+        criterion=spec.criterion.upper() if spec.criterion in ("l1", "l2") else spec.criterion,
         student_sha=f" (sha256 `{models['student']['sha256']}`)" if "sha256" in models["student"] else "",
         optimizer=so.optimizer.capitalize() if so.optimizer == "adam" else so.optimizer.upper(), lr=so.lr,
         weight_decay=so.weight_decay, schedule=_schedule(so), total=E + W,
         flow=("The per-tap validation MSE to the pruned targets is recorded through KD (the paper's Figure 4)."
-              if spec.flow else ""), E=E, W=W, arm_rows=arm_rows, keep=_keep(spec), seeds=", ".join(map(str, spec.seeds)),
+              if spec.flow else ""), E=E, W=W, arm_rows=arm_rows, keep=_keep(spec),
+        seeds=", ".join(map(str, spec.seeds)),
         primary_seeds=(f"; the first {spec.primary_seeds} are the primary analysis, the rest a secondary one over all "
                        "complete seeds" if spec.primary_seeds and spec.primary_seeds < len(spec.seeds) else ""),
         primary_endpoints=", ".join(LABELS[k] for k in spec.primary_endpoints),
@@ -155,8 +159,8 @@ def _aux_line(spec: StudySpec) -> str:
         return ""
     how = ("both on the student schedule below, last epochs kept" if spec.aux_recipe == "student" else
            "CE with the teacher's optimiser, PKT with Adam 1e-3, the best validation epoch kept")
-    return (f"- Auxiliary teacher: `{spec.aux}` trained here (seed 0): CE for {spec.aux_epochs} epochs, then PKT (no CE)"
-            f" from the teacher for {spec.aux_epochs} epochs; {how}. It is the KD teacher of every arm.\n")
+    return (f"- Auxiliary teacher: `{spec.aux}` trained here (seed 0): CE for {spec.aux_epochs} epochs, then PKT "
+            f"(no CE) from the teacher for {spec.aux_epochs} epochs; {how}. It is the KD teacher of every arm.\n")
 
 
 def _keep(spec: StudySpec) -> str:

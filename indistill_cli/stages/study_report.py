@@ -85,7 +85,8 @@ def reference(spec: StudySpec, runs: dict[str, dict[str, Any]]) -> dict[str, Any
 
     gap = runs.get("gap", {}).get("val_map", {})
     pilot = sorted((r for r in runs.values() if r.get("kind") == "pilot"), key=lambda r: r["job"])
-    return {"teacher": runs.get("teacher", {}).get("scores", {}), "auxiliary": runs.get("aux-pkt", {}).get("scores", {}),
+    return {"teacher": runs.get("teacher", {}).get("scores", {}),
+            "auxiliary": runs.get("aux-pkt", {}).get("scores", {}),
             "gap": gap, "gap_ok": gap_ok(spec, gap)[0] if gap else None,
             "pilot": {"runs": pilot, "chosen": list(choose_keep(spec, runs))} if pilot else None}
 
