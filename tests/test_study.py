@@ -25,7 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # the in-process commands
 SMOKE = ("study", "--preset", "smoke", "--threads", "1")
 # the smoke preset's design, spelled as a command line (a custom study)
 CUSTOM = ("study", "-t", "cnn3", "-s", "cnn3-w0.5", "--data", "fashion-mnist-mini", "--train-fraction", "0.1",
-          "--teacher-epochs", "1", "--methods", "kd", "--epochs", "1", "--warmup", "1,1,1", "--seeds", "2")
+          "--teacher-epochs", "1", "--methods", "kd", "--epochs", "1", "--warmup", "1,1,1", "--budget", "equal",
+          "--seeds", "2")
 
 
 def _sha(path: Path) -> str:
@@ -34,12 +35,12 @@ def _sha(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    """The smoke study, run once with --jobs 1."""
-    out = tmp_path_factory.mktemp("study") / "jobs1"
-    code, stdout, err = run_cli_subprocess(*SMOKE, "--jobs", "1", "-o", out, "--json", timeout=900)
+    """The smoke study, run once with --jobs 2 (teacher, prune, then per seed a warmup and the arms KD+W, InD+KD)."""
+    out = tmp_path_factory.mktemp("study") / "jobs2"
+    code, stdout, err = run_cli_subprocess(*SMOKE, "--jobs", "2", "-o", out, "--json", timeout=900)
     assert code == 0, err[-3000:]
     summary = json.loads(stdout)
-    assert summary["complete_seeds"] == [0, 1] and summary["runs"] == 2 + 2 + 2 * 3
+    assert summary["complete_seeds"] == [0, 1] and summary["runs"] == 2 + 2 * 3
     return out
 
 
@@ -50,9 +51,8 @@ def test_protocol_is_written_before_any_run_and_recorded_by_every_run(base, tmp_
     proto = json.loads((tmp_path / "p" / "protocol.json").read_text())
     assert proto["protocol_md_sha256"] == _sha(tmp_path / "p" / "protocol.md")
     d = proto["design"]
-    assert [a["name"] for a in d["arms"]] == ["KD", "KD+W", "InD+KD"] and d["kd_epochs"] == 1 and d["seeds"] == [0, 1]
-    assert [(c["a"], c["b"], c["primary"]) for c in d["comparisons"]] == [
-        ("InD+KD", "KD+W", True), ("InD+KD", "KD", False), ("KD+W", "KD", False)]
+    assert [a["name"] for a in d["arms"]] == ["KD+W", "InD+KD"] and d["kd_epochs"] == 1 and d["seeds"] == [0, 1]
+    assert [(c["a"], c["b"], c["primary"]) for c in d["comparisons"]] == [("InD+KD", "KD+W", True)]
     assert proto["data"]["train_fraction"] == 0.1 and proto["data"]["train"] == 900 and proto["data"]["test"] == 2000
     assert len(proto["data"]["sha256"]) == 64 and proto["models"]["teacher"] == {"arch": "cnn3"}
     assert "Holm" in proto["tests"]["multiplicity"] and proto["written_by"]["tool"].startswith("indistill ")
@@ -61,7 +61,9 @@ def test_protocol_is_written_before_any_run_and_recorded_by_every_run(base, tmp_
     sha = _sha(base / "protocol.json")
     written = json.loads((base / "protocol.json").read_text())["written_by"]["time"]
     runs = [json.loads(f.read_text()) for f in (base / "runs").glob("*.json")]
-    assert len(runs) == 10 and all(r["protocol"] == sha and r["finished"] >= written for r in runs)
+    assert len(runs) == 8 and all(r["protocol"] == sha and r["finished"] >= written for r in runs)
+    code, _, err = run_cli_subprocess("study", "-o", tmp_path / "p", "--protocol-only")  # read back from the folder
+    assert code == 0 and "protocol matches" in err, err
 
 
 def test_a_changed_protocol_is_refused_in_one_line(tmp_path, cli):
@@ -99,29 +101,51 @@ def test_bad_study_options_are_one_line(tmp_path, cli):
     assert not (tmp_path / "x").exists()
 
 
-def test_a_killed_study_resumes_with_jobs_2_and_the_numbers_of_jobs_1(base, tmp_path):
-    """SIGKILL the whole study (its workers too) after a few runs; the rerun with --jobs 2 (two runs at a time)
-    leaves the finished runs' files untouched, starts none of them again, and ends with exactly the numbers of
-    the uninterrupted --jobs 1 study."""
+def test_a_killed_study_resumes_and_jobs_1_gives_the_numbers_of_jobs_2(base, tmp_path):
+    """Run the study with --jobs 1 and SIGKILL it (its worker too) once seed 0 is done; the rerun (--jobs 2) leaves
+    the finished runs' files untouched and starts none of them again; every number equals the uninterrupted
+    --jobs 2 study's (seed 0's arms ran one at a time here, two at a time there)."""
     out = tmp_path / "killed"
     p = subprocess.Popen([sys.executable, "-m", "indistill_cli", *SMOKE, "--jobs", "1", "-o", str(out)],
                          env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    seed0 = {"teacher.json", "prune.json", "warmup-s0.json", "kd.longer.s0.json", "kd.ind.s0.json"}
     try:
         deadline = time.time() + 600
-        while len(list((out / "runs").glob("*.json"))) < 4 and p.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
+        while not seed0 <= {f.name for f in (out / "runs").glob("*.json")} and p.poll() is None \
+                and time.time() < deadline:
+            time.sleep(0.1)
     finally:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
     kept = {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in (out / "runs").glob("*.json")}
-    assert 4 <= len(kept) < 10, sorted(kept)
+    assert seed0 <= set(kept) and len(kept) < 8, sorted(kept)
     code, _, err = run_cli_subprocess(*SMOKE, "--jobs", "2", "-o", out, timeout=900)
     assert code == 0, err[-3000:]
     started = {line.split("study: start ")[1].strip() for line in err.splitlines() if "study: start " in line}
     assert started == {f.stem for f in (out / "runs").glob("*.json")} - {Path(n).stem for n in kept}
     assert {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in (out / "runs").glob("*.json")
             if f.name in kept} == kept
-    assert values(out) == values(base)  # --jobs 2 after a kill: the numbers of --jobs 1 uninterrupted
+    assert values(out) == values(base) and len(values(base)) == 8
+
+
+def test_arms_and_comparisons_of_each_budget_view():
+    """Per method: the arms each budget view needs, both views beside their controls, the strict view primary."""
+    from indistill_cli.stages.study_presets import arms_for, comparisons_for
+    from indistill_cli.stages.study import Row
+
+    rows = (Row("kd", "kd"), Row("pkt", "pkt", ce=0.0))
+    names = lambda arms: [a.name for a in arms]  # noqa: E731
+    assert names(arms_for(rows[:1], "equal", False, False, False)) == ["KD+W", "InD+KD"]
+    assert names(arms_for(rows[:1], "added", True, True, True)) == ["CE", "KD", "KD+W", "InD+KD", "InDcum+KD",
+                                                                     "InD+KD+keep"]
+    both = [(c.a, c.b, c.view, c.primary) for c in comparisons_for(rows, "both", True, True, False)][:6]
+    assert both == [("InD+KD", "KD+W", "equal total epochs", True), ("InDcum+KD", "KD+W", "equal total epochs", True),
+                    ("InD+KD", "KD", "warmup added", False), ("InDcum+KD", "KD", "warmup added", False),
+                    ("KD+W", "KD", "control: the warmup's epochs given to the method", False),
+                    ("InDcum+KD", "InD+KD", "cumulative vs plain curriculum", False)]
+    added = comparisons_for(rows, "added", False, False, False)
+    assert [(c.a, c.b, c.primary) for c in added] == [("InD+KD", "KD", True), ("KD+W", "KD", False),
+                                                      ("InD+PKT", "PKT", True), ("PKT+W", "PKT", False)]
 
 
 def test_devices_take_one_run_each():
@@ -145,11 +169,10 @@ def test_submitit_local_executor_runs_the_missing_runs(base, tmp_path):
     pytest.importorskip("submitit")
     out = tmp_path / "submitit"
     shutil.copytree(base, out, ignore=shutil.ignore_patterns("results.*", "*.png"))
-    for name in ("kd.ind.s1", "kd.longer.s1"):
-        (out / "runs" / f"{name}.json").unlink()
+    (out / "runs" / "kd.ind.s1.json").unlink()
     code, _, err = run_cli_subprocess(*SMOKE, "--executor", "local", "-o", out, timeout=900)
     assert code == 0, err[-3000:]
-    assert "study: start kd.ind.s1" in err and "study: start kd.alone.s0" not in err
+    assert "study: start kd.ind.s1" in err and err.count("study: start") == 1
     assert values(out) == values(base)
     assert list((out / "submitit").rglob("*_result.pkl")) or list((out / "submitit").rglob("*.out"))
 

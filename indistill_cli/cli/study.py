@@ -61,8 +61,9 @@ OWN = {  # the study's own options (the shared ones come from cli.options)
     "threads": override(Optional[int], None, help="Torch threads per run (default: the cores / --jobs). CPU numbers "
         "are bitwise repeatable for one thread count."),
     "devices": override(Optional[str], None, help="GPUs, e.g. 0,1: one run per GPU at a time."),
-    "executor": override(str, "pool", help="pool (local processes), local or slurm (submitit: pip install "
-        "'indistill[cluster]')."),
+    "executor": override(str, "pool", help="pool: local processes; local or slurm: submitit (pip install "
+        "'indistill[cluster]'), one job per run, this command staying as the driver that submits each run once its "
+        "dependencies have finished (a rerun continues)."),
     "executor_param": override(Optional[list[str]], None, help="submitit parameter KEY=VALUE, e.g. "
         "slurm_partition=gpu, timeout_min=240."),
     "protocol_only": override(bool, False, help="Write protocol.md and protocol.json and stop (commit them before the "
