@@ -11,15 +11,16 @@ from pathlib import Path
 
 STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "effect-fmnist" / "results.json"
 ARMS = (("CE", "student, CE alone"), ("KD+W", "student, KD alone"), ("InD+KD", "student, InDistill + KD"))
+KEYS = ("top1", "map_cosine", "map_euclidean", "p100_cosine")  # Scores: percent
 
 
 def main(out: str, total: int, warm: int) -> None:
+    from indistill_cli.metrics.scores import Scores
+
     load = lambda p: json.loads((Path(out) / p).read_text())  # noqa: E731
-    ce_e, ce_r = load("student_ce.evaluate.json"), load("student_ce.retrieve.json")["metrics"]
-    rows = [(ce_e["top1"], ce_r["cosine"]["map"], ce_r["euclidean"]["map"], ce_r["cosine"]["precision@100"])]
-    for name in ("kd", "indistill"):
-        f = load(f"{name}.json")["final"]
-        rows.append((f["top1"], f["map_cosine"], f["map_euclidean"], f["p@100_cosine"]))
+    scores = [Scores.from_stages(load("student_ce.evaluate.json"), load("student_ce.retrieve.json"))]
+    scores += [Scores.read(load(f"{name}.json")["final"]) for name in ("kd", "indistill")]  # older runs: fractions
+    rows = [tuple(s.as_dict()[k] for k in KEYS) for s in scores]
     study = json.loads(STUDY.read_text()) if STUDY.exists() else None
     print(f"\nbudget: equal total epochs -- every student trains {total} epochs; InDistill's {warm} warmup epochs "
           f"count inside them ({warm} warmup + {total - warm} KD, one continuous lr plan)")
@@ -29,7 +30,7 @@ def main(out: str, total: int, warm: int) -> None:
         head += f"   | study: full Fashion-MNIST, {n} seeds, mAP cos mean +- std"
     print(head)
     for (arm, label), r in zip(ARMS, rows):
-        line = f"{label:<26}" + "".join(f"{100 * v:>{w}.2f}" for v, w in zip(r, (8, 9, 9, 8)))
+        line = f"{label:<26}" + "".join(f"{v:>{w}.2f}" for v, w in zip(r, (8, 9, 9, 8)))
         if study:
             m = study["summary"]["arms"][arm]["map_cosine"]
             line += f"   | {m['mean']:.2f} +- {m['std']:.2f}"

@@ -51,7 +51,9 @@ def test_quality_is_what_evaluate_and_retrieve_report(teacher, trained_cnn3, cli
     s = json.loads(stdout)["models"][1]
     code, ev, _ = cli("evaluate", str(trained_cnn3.path), "--json", "-q")
     code, rt, _ = cli("retrieve", str(trained_cnn3.path), "--metric", "cosine", "--json", "-q")
-    assert s["top1"] == json.loads(ev)["top1"] and s["map"] == json.loads(rt)["metrics"]["cosine"]["map"]
+    # the Scores type: percent, the one set of names pipeline and study use
+    assert s["top1"] == 100 * json.loads(ev)["top1"] and s["map_cosine"] == 100 * json.loads(rt)["metrics"]["cosine"]["map"]
+    assert {"top5", "map_euclidean", "p100_cosine"} <= set(s) and "map" not in s
     t = json.loads(stdout)["models"][0]
     assert s["vs_reference"]["delta_top1"] == pytest.approx(s["top1"] - t["top1"])
     assert list(s["latency"]) == ["eager"]

@@ -213,7 +213,8 @@ def test_shared_options_are_declared_once_and_listed() -> None:
 
     grouped = {*options.OPTIM, *options.RUNTIME, *options.SPLIT, *options.RESUMABLE}
     declared = set(options.RUN_PARAMS) | options.OPTIM_PARAMS
-    assert declared - grouped <= {"data", "batch_size", "eval_batch_size"}  # placed by name in the commands
+    # placed by name in the commands (--train-fraction only in those that train)
+    assert declared - grouped <= {"data", "batch_size", "eval_batch_size", "train_fraction"}
     assert grouped <= set(options.SHARED)
     assert TUNABLE == {"lr", "precision", "device", "channels_last", "skip_nonfinite", "save_every", "state_dir",
                        "resume", "eval_batch_size", "data_root", "deterministic", "strict"}

@@ -174,23 +174,30 @@ def test_distill_help_lists_every_method(cli):
 
 
 def test_methods_study_smoke_writes_results_and_resumes(tmp_path):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "methods.py"), "--preset", "smoke", "--out", str(tmp_path)]
+    """The methods study's script, now a preset of `indistill study`: every row's arms, the per-seed paired
+    differences, a resumable folder, and exactly the numbers the script computed before (tests/study_legacy.py)."""
+    import study_legacy
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "methods.py"), "--preset", "smoke", "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    r = json.loads((tmp_path / "results.json").read_text())
-    rows = r["summary"]["rows"]
-    assert set(rows) == {"kd", "ft"} and rows["ft"]["seeds"] == [0, 1]
-    per = r["summary"]["per_seed"]["kd"]
-    eq = next(c for c in rows["kd"]["comparisons"] if c["view"] == "equal total epochs")["top1"]
-    assert eq["per_seed"] == [per["InD+M"][k]["top1"] - per["M+W"][k]["top1"] for k in ("0", "1")]
+    want = study_legacy.expected("methods-smoke", tmp_path / "legacy")
+    assert study_legacy.as_recorded(study_legacy.values(out), want) == want
+    r = json.loads((out / "results.json").read_text())
+    s = r["summary"]
+    assert s["complete_seeds"] == [0, 1] and set(s["per_seed"]) == {"KD", "KD+W", "InD+KD", "FT", "FT+W", "InD+FT"}
+    per = s["per_seed"]
+    eq = next(c for c in s["comparisons"]["primary"] if (c["a"], c["b"]) == ("InD+KD", "KD+W"))["top1"]
+    assert eq["per_seed"] == [per["InD+KD"][k]["top1"] - per["KD+W"][k]["top1"] for k in ("0", "1")]
     assert r["runs"]["ft.ind.s0"]["phases"][0]["part"] == "ft.paraphraser"
     assert len(r["runs"]) == 2 + 2 + 2 * 2 * 3  # teacher, prune, a warmup per seed, 3 arms per method and seed
     for name in ("protocol.md", "results.md", "figure.png"):
-        assert (tmp_path / name).stat().st_size > 1000, name
-    assert "Closing note" in (tmp_path / "results.md").read_text()
+        assert (out / name).stat().st_size > 1000, name
+    assert "Verdicts" in (out / "results.md").read_text()
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "[methods] start" not in again.stderr
+    assert again.returncode == 0 and "study: start" not in again.stderr
 
 
 # ----------------------------------------------------------------------------- resume across phases

@@ -55,9 +55,12 @@ def test_pipeline_writes_every_stage_and_a_final_table(run, record):
         assert (out / name).is_file(), name
     assert summary["stages"] == ["teacher", "prune", "warmup", "distill", "evaluate", "retrieve"]
     final = summary["final"]
-    record("top1", final["top1"], 0.5, ">")
-    record("map_cosine", final["map_cosine"], 0.3, ">")
-    record("p@100_cosine", final["p@100_cosine"], 0.4, ">")
+    assert set(final) == {"top1", "top5", "map_cosine", "map_euclidean", "p100_cosine"}  # Scores: percent
+    record("top1", final["top1"], 50, ">")
+    record("map_cosine", final["map_cosine"], 30, ">")
+    record("p100_cosine", final["p100_cosine"], 40, ">")
+    ev, rt = (json.loads((out / f).read_text()) for f in ("evaluate.json", "retrieve.json"))
+    assert final["top1"] == 100 * ev["top1"] and final["p100_cosine"] == 100 * rt["metrics"]["cosine"]["precision@100"]
     stages = [h["stage"] for h in load_checkpoint(out / "student.safetensors").history]
     assert stages == ["warmup", "distill"]
     assert summary["estimate_s"]["distill"] > 0
@@ -120,12 +123,18 @@ def test_readme_pipe_runs_as_written(tmp_path):
 
 
 def test_effect_study_smoke_writes_protocol_results_and_figure(tmp_path):
-    """The effect study's runner end to end on tiny synthetic data: every arm for every seed, both budget
-    views, paired differences that are the per-seed differences, and a resumable run folder."""
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "effect.py"), "--preset", "smoke", "--out", str(tmp_path)]
+    """The effect study's script, now a preset of `indistill study`, end to end on tiny synthetic data: every arm
+    for every seed, both budget views, paired differences that are the per-seed differences, a resumable run
+    folder, and exactly the numbers the script computed before it became a preset (tests/study_legacy.py)."""
+    import study_legacy
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "effect.py"), "--preset", "smoke", "--out", str(out)]
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
-    r = json.loads((tmp_path / "results.json").read_text())
+    want = study_legacy.expected("effect-smoke", tmp_path / "legacy")
+    assert study_legacy.as_recorded(study_legacy.values(out), want) == want
+    r = json.loads((out / "results.json").read_text())
     s = r["summary"]
     assert s["complete_seeds"] == [0, 1]
     assert set(s["per_seed"]) == {"CE", "PKT", "PKT+W", "InD+PKT", "InD+PKT+keep", "KD", "KD+W", "InD+KD"}
@@ -135,11 +144,11 @@ def test_effect_study_smoke_writes_protocol_results_and_figure(tmp_path):
     eq = rows[("InD+KD", "KD+W")]["map_cosine"]
     per = s["per_seed"]
     assert eq["per_seed"] == [per["InD+KD"][k]["map_cosine"] - per["KD+W"][k]["map_cosine"] for k in ("0", "1")]
-    assert r["pilot"]["chosen"] in [[1.0, 0.5], [10.0, 0.5]]
+    assert r["reference"]["pilot"]["chosen"] in [[1.0, 0.5], [10.0, 0.5]]
     assert len(r["runs"]) == 5 + 4 + 2 * 9  # reference, pilot (warmup, 2 keep-flow candidates, plain), (warmup + 8 arms) per seed
-    for name in ("protocol.md", "results.md", "figure.png"):
-        assert (tmp_path / name).stat().st_size > 1000, name
-    assert "equal total epochs" in (tmp_path / "results.md").read_text()
+    for name in ("protocol.md", "protocol.json", "results.md", "figure.png", "flow.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert "equal total epochs" in (out / "results.md").read_text()
     # a rerun finds every run done and only rebuilds the report
     again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "[effect] start" not in again.stderr
+    assert again.returncode == 0 and "study: start" not in again.stderr, again.stderr[-2000:]

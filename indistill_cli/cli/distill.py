@@ -12,7 +12,7 @@ from indistill_cli.cli.options import OPTIM, OUTPUT, RESUMABLE, RUNTIME, SPLIT, 
 
 @command(app, ("teacher", "student", "output", "method", "param", "ce", "tap", "embedding_tap", "adapters",
                "flow_teacher", "keep_flow", "keep_flow_decay", "continue_plan", "plan", "select", "data", "epochs",
-               "batch_size", *OPTIM, *RUNTIME, *SPLIT, *RESUMABLE, *OUTPUT))
+               "batch_size", *OPTIM, *RUNTIME, *SPLIT, "train_fraction", *RESUMABLE, *OUTPUT))
 def distill(
     teacher: Annotated[str, typer.Option("--teacher", "-t", help="Trained teacher checkpoint (or -).")],
     student: Annotated[str, typer.Option("--student", "-s", help="Student checkpoint (e.g. from warmup), - or "

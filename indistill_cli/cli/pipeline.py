@@ -14,7 +14,7 @@ from indistill_cli.cli.options import RUNTIME, SPLIT, command, optim_config, ove
                "a", "b", "epochs_per_tap", "method", "param", "ce", "epochs", "budget", "schedule_mode", "keep_flow",
                "keep_flow_decay", "flow", "select", "warmup_stage", "retrieval", "resume", "skip_nonfinite", "save_every",
                "strict", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "milestones", "teacher_optimizer",
-               "teacher_lr", "teacher_schedule", *RUNTIME, *SPLIT, "json_out", "quiet"),
+               "teacher_lr", "teacher_schedule", *RUNTIME, *SPLIT, "train_fraction", "json_out", "quiet"),
          weight_decay=0.0,
          optimizer=override(str, "adam", help="The student's optimiser (warmup + KD plan): sgd, adam, adamw."),
          lr=override(float, 1e-3, help="The student's learning rate (reference: Adam 1e-3)."),

@@ -12,7 +12,7 @@ from indistill_cli.cli.options import (OPTIM, OUTPUT, RESUMABLE, RUNTIME, SPLIT,
 
 
 @command(app, ("teacher", "like", "output", "criterion", "mode", "pair", "finetune", "data", "batch_size", *OPTIM,
-               *RUNTIME[:-2], *SPLIT, "eval_batch_size", "select", *RESUMABLE, *OUTPUT),
+               *RUNTIME[:-2], *SPLIT, "train_fraction", "eval_batch_size", "select", *RESUMABLE, *OUTPUT),
          data=override(Optional[str], None, "--data", "-d", help="Dataset for the accuracies, activation statistics "
                        "and fine-tuning (default: the teacher's)."),
          lr=override(float, 0.01, help="Fine-tuning learning rate."))

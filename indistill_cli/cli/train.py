@@ -10,8 +10,8 @@ from indistill_cli.cli.app import app, run
 from indistill_cli.cli.options import OPTIM, OUTPUT, RESUMABLE, RUNTIME, SPLIT, command, optim_config, run_options
 
 
-@command(app, ("model", "output", "data", "epochs", "batch_size", *OPTIM, *RUNTIME, *SPLIT, "eval_batch_size",
-               "pretrained", "last", "select", *RESUMABLE, *OUTPUT))
+@command(app, ("model", "output", "data", "epochs", "batch_size", *OPTIM, *RUNTIME, *SPLIT, "train_fraction",
+               "eval_batch_size", "pretrained", "last", "select", *RESUMABLE, *OUTPUT))
 def train(
     model: Annotated[str, typer.Argument(help="Architecture name (resnet56, cnn3-w0.5, timm:resnet18, tv:...) "
                                               "or a checkpoint to keep training.")],

@@ -13,7 +13,7 @@ from indistill_cli.cli.options import OUTPUT, RESUMABLE, RUNTIME, SPLIT, command
 @command(app, ("teacher", "student", "output", "data", "a", "b", "epochs_per_tap", "cumulative", "batch_size",
                "optimizer", "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma",
                "reset_optimizer_each_epoch", "plan_epochs", "plan", "select", "plot", "flow_images", *RUNTIME, *SPLIT,
-               *RESUMABLE, *OUTPUT),
+               "train_fraction", *RESUMABLE, *OUTPUT),
          optimizer="adam", weight_decay=0.0, schedule="none",
          lr=override(float, 1e-3, help="Learning rate (reference: Adam 1e-3)."),
          select=override(str, "auto", help="auto or last: the warmup trains taps only (no head, no embedding), so it "

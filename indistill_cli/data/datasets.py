@@ -11,17 +11,27 @@ from typing import Any
 
 from indistill_cli.data.base import Dataset, DataInfo, Split, serve_size
 from indistill_cli.data.builtin import NAMES, data_root, load_builtin
-from indistill_cli.data.splits import carve_val
+from indistill_cli.data.splits import carve_val, keep_fraction
 from indistill_cli.data.tensor_loader import TensorLoader
 from indistill_cli.errors import BadInput, did_you_mean
 
 
 def load_dataset(name: str, val_fraction: float = 0.1, root: str | Path | None = None,
                  image_size: int | None = None, seed: int = 0, download: bool = True, cache: str = "off",
-                 strict: bool = False, device: Any = "cpu") -> Dataset:
+                 strict: bool = False, device: Any = "cpu", train_fraction: float = 1.0) -> Dataset:
     """Resolve a dataset name to tensors (or an ImageFolder) with train/val/test splits. `cache`, `strict`
     and `device` concern image folders: decode into memory (auto/ram; on the training device, where the
-    decoded pixels will live) or stream (off); stop at an unreadable image."""
+    decoded pixels will live) or stream (off); stop at an unreadable image. `train_fraction` < 1 trains on
+    a fixed, nested, class-stratified share of the training split (`splits.keep_fraction`); validation and
+    test stay whole."""
+    ds = _load(name, val_fraction, root, image_size, seed, download, cache, strict, device)
+    if train_fraction != 1:
+        ds.train = keep_fraction(ds.train, train_fraction)
+    return ds
+
+
+def _load(name: str, val_fraction: float, root: str | Path | None, image_size: int | None, seed: int, download: bool,
+          cache: str, strict: bool, device: Any) -> Dataset:
     root = Path(root) if root else data_root()
     if name.startswith("imagefolder:"):
         from indistill_cli.data.folder import load_imagefolder

@@ -26,3 +26,21 @@ def carve_val(train: Any, fraction: float) -> tuple[Any, Any | None]:
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[val] = False
     return train.subset(torch.nonzero(keep).flatten(), "train"), train.subset(val, "val")
+
+
+def keep_fraction(train: Any, fraction: float) -> Any:
+    """A fixed share of the training split (`--train-fraction`): round(n_c * fraction) images of each class c
+    (at least one), the first of one fixed per-class order (data seed 1, apart from the validation split's), so
+    the subset for 1% lies inside the one for 10%, inside the whole split. Validation and test are untouched:
+    this runs on what `carve_val` left for training."""
+    if not 0 < fraction <= 1:
+        raise BadInput(f"--train-fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return train
+    g = torch.Generator().manual_seed(1)
+    keep = []
+    for c in torch.unique(train.labels):
+        idx = torch.nonzero(train.labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        keep.append(idx[: max(1, int(round(len(idx) * fraction)))])
+    return train.subset(torch.sort(torch.cat(keep)).values, "train")

@@ -18,6 +18,7 @@ from indistill_cli import progress
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import Checkpoint, read_source
 from indistill_cli.metrics import cost
+from indistill_cli.metrics.scores import Scores
 from indistill_cli.models import export as ex
 from indistill_cli.models import spec_name
 from indistill_cli.pruning.rebuild import model_from_checkpoint
@@ -160,13 +161,13 @@ class Compare(Stage):
         return row
 
     def score(self, ck: Checkpoint, row: dict[str, Any]) -> None:
-        """Top-1 (evaluate) and retrieval mAP (retrieve: train split as database, test as queries)."""
+        """The test `Scores` (percent): top-1/5 (evaluate) and retrieval mAP and P@100 (retrieve: train split as
+        database, test as queries)."""
         with progress.silenced():
             ev = run_evaluate(ck.source, "test", self.opts, per_class=False)
             rt = run_retrieve(ck.source, dataclasses.replace(self.opts, val_fraction=0.0), None, "train", "test",
                               "both", "exact", [100], None, None, None, 10, None)
-        row.update({"top1": ev["top1"], "top5": ev["top5"], "map": rt["metrics"]["cosine"]["map"],
-                    "map_euclidean": rt["metrics"]["euclidean"]["map"], "data": ev["data"]})
+        row.update({**Scores.from_stages(ev, rt).as_dict(), "data": ev["data"]})
 
     def execute(self, s: Session) -> dict[str, Any]:
         cfg = self.cfg
@@ -209,7 +210,7 @@ class Compare(Stage):
         from indistill_cli.io.plots import plot_tradeoff
 
         b = str(out["batch"])
-        pts = [(r["label"], r["latency"]["eager"][b]["median_ms"] / out["batch"], 100 * r["top1"]) for r in out["models"]]
+        pts = [(r["label"], r["latency"]["eager"][b]["median_ms"] / out["batch"], r["top1"]) for r in out["models"]]
         plot_tradeoff(pts, self.plot, f"latency per image at batch {b}, {path_head('eager', out['paths']['eager'])} "
                                       f"(ms; {out['device']})",
                       f"top-1 on {out['models'][0]['data']} test (%)", "what compression bought")
@@ -225,7 +226,7 @@ def ratios(ref: dict[str, Any], row: dict[str, Any], batch: int) -> dict[str, An
     out = {"smaller": ref["file_bytes"] / row["file_bytes"], "fewer_parameters": ref["parameters"] / row["parameters"],
            "fewer_macs": ref["macs"] / row["macs"] if row["macs"] else None, "faster_batch1": faster(1),
            f"faster_batch{batch}": faster(batch)}
-    for key in ("top1", "map"):
+    for key in ("top1", "map_cosine"):  # percentage points
         if key in row:
             out[f"delta_{key}"] = row[key] - ref[key]
     return out
@@ -246,10 +247,10 @@ def show(out: dict[str, Any]) -> None:
     """Three tables on stderr: what each model is, how fast it runs here, what it bought against the first."""
     b, opt, rows = out["batch"], out["optimized"], out["models"]
     quality = "top1" in rows[0]
-    progress.table("models" + (f" (top-1 and cosine mAP on {rows[0]['data']} test)" if quality else ""),
+    progress.table("models" + (f" (top-1 and cosine mAP on {rows[0]['data']} test, %)" if quality else ""),
                    ["checkpoint", "model", "params", "MACs", "file"] + (["top-1", "mAP"] if quality else []),
                    [[r["label"], r["model"], f"{r['parameters'] / 1e6:.3f}M", f"{r['macs'] / 1e6:.2f}M",
-                     f"{r['file_bytes'] / 1024:.0f} KiB"] + ([f"{100 * r['top1']:.2f}%", f"{r['map']:.4f}"]
+                     f"{r['file_bytes'] / 1024:.0f} KiB"] + ([f"{r['top1']:.2f}%", f"{r['map_cosine']:.2f}"]
                                                            if quality else []) for r in rows])
     paths = ["eager"] + ([opt] if opt != "none" else [])
     sizes = dict.fromkeys((1, b))
@@ -263,7 +264,7 @@ def show(out: dict[str, Any]) -> None:
     progress.table(f"against {out['reference']} (Δ in percentage points)", rcols, [
         [r["label"]] + [_x(r["vs_reference"][k]) for k in ("smaller", "fewer_parameters", "fewer_macs",
                                                             "faster_batch1", f"faster_batch{b}")]
-        + ([f"{100 * r['vs_reference']['delta_top1']:+.2f}", f"{100 * r['vs_reference']['delta_map']:+.2f}"]
+        + ([f"{r['vs_reference']['delta_top1']:+.2f}", f"{r['vs_reference']['delta_map_cosine']:+.2f}"]
            if quality else []) for r in rows])
     if out.get("optimized_note"):
         progress.info(f"optimised path: none ({out['optimized_note']})")

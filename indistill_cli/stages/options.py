@@ -23,6 +23,9 @@ class RunOptions:
     data_root: str | None = option(None, help="Folder with local datasets (default $INDISTILL_DATA or "
                                    "~/.cache/indistill/data).", tunable=True)
     val_fraction: float = option(0.1, help="Share of train held out for checkpoint selection.")
+    train_fraction: float = option(1.0, help="Train on this share of the training split (0 < F <= 1): a fixed, "
+                                   "class-stratified subset, nested (the 1% subset lies inside the 10% one); "
+                                   "validation and test splits unchanged.")
     image_size: int | None = option(None, help="Size models see (square): smaller images are zero-padded "
                                     "(centred), larger resized. Default: 32 for 28x28 sets (so CIFAR-style models "
                                     "see the whole image), the stored size for others; for imagefolder the images' "
@@ -71,6 +74,8 @@ class RunOptions:
             raise BadInput(f"--eval-batch-size must be at least 1, got {self.eval_batch_size}")
         if not 0 <= self.val_fraction < 1:
             raise BadInput(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 < self.train_fraction <= 1:
+            raise BadInput(f"--train-fraction must be in (0, 1], got {self.train_fraction}")
         if self.cache not in ("auto", "ram", "off"):
             raise BadInput(f"--cache must be auto, ram or off, got '{self.cache}'")
         if self.skip_nonfinite < 0:

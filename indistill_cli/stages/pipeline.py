@@ -1,9 +1,10 @@
 """`indistill pipeline`: the whole InDistill chain as one resumable command.
 
-Stages (each is exactly the standalone command's function with the same options, so a pipeline's
-student equals the one the separate commands give with the same seed):
+Stages (the links of `stages.chain`, the chain `study` runs too; each is exactly the standalone command's
+function with the same options, so a pipeline's student equals the one the separate commands give with
+the same seed):
   teacher (train, when given a name) -> [auxiliary: train + PKT from the teacher] -> prune -> warmup
-  -> distill -> evaluate -> retrieve.
+  -> distill -> evaluate -> retrieve; the final table holds the test `Scores` (percent).
 Every output lands in one folder with a manifest; `--resume` skips a stage whose output exists and
 whose options and parent checkpoints are unchanged, so an interrupted run redoes only what is missing.
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,17 +32,17 @@ from indistill_cli.errors import BadInput
 from indistill_cli.io import jsontext
 from indistill_cli.io.atomic import atomic_write
 from indistill_cli.io.checkpoint import load_checkpoint, looks_like_checkpoint
+from indistill_cli.metrics.scores import Scores
 from indistill_cli.models import make_spec
 from indistill_cli.pruning.rebuild import build
+from indistill_cli.stages.chain import (KD, Chain, Curriculum, Link, distill_link, planned, reference_links,
+                                        reference_student_optim, warmup_link, with_milestone)
 from indistill_cli.stages.curriculum import epochs_per_tap
-from indistill_cli.stages.distill import check_weights, run_distill
+from indistill_cli.stages.distill import check_weights
 from indistill_cli.stages.distiller import parse_methods
 from indistill_cli.stages.evaluate import run_evaluate
 from indistill_cli.stages.options import RunOptions
-from indistill_cli.stages.prune import run_prune
 from indistill_cli.stages.retrieve import run_retrieve
-from indistill_cli.stages.train import run_train
-from indistill_cli.stages.warmup import run_warmup
 
 MANIFEST = "pipeline.json"
 
@@ -97,19 +97,6 @@ class PipelineConfig:
         parse_methods(self.methods, self.params)
 
 
-def reference_student_optim() -> OptimConfig:
-    """The reference's student schedule: Adam 1e-3 without weight decay, 10x lower for the last seventh
-    (its 70 CIFAR epochs: 60 at 1e-3, 10 at 1e-4); the milestone is placed on the whole plan."""
-    return OptimConfig("adam", 1e-3, weight_decay=0.0, schedule="multistep", milestones=[])
-
-
-def with_milestone(optim: OptimConfig, total: int) -> OptimConfig:
-    """A multistep plan given no milestones gets the reference's: lr x gamma for the last seventh."""
-    if optim.schedule != "multistep" or optim.milestones:
-        return optim
-    return OptimConfig(**{**optim.as_dict(), "milestones": [total - max(1, round(total / 7))]})
-
-
 def budget_split(cfg: PipelineConfig, warm_epochs: int) -> tuple[int, int]:
     """(warmup epochs, KD epochs) of the student under the budget view; KD alone without warmup."""
     if not cfg.warmup:
@@ -131,14 +118,7 @@ def budget_line(cfg: PipelineConfig, warm: int, kd: int) -> str:
     return f"budget: {view}: {warm} warmup + {kd} KD = {warm + kd} student epochs, {cfg.schedule_mode} schedule"
 
 
-@dataclass
-class PlannedStage:
-    name: str
-    output: str  # file name inside out_dir
-    epochs: int
-    options: dict[str, Any]
-    parents: list[str]  # file names (inside out_dir) or external paths this stage reads
-    run: Callable[[], dict[str, Any]]
+PlannedStage = Link  # the pipeline's stages are the chain's links
 
 
 def _digest(obj: Any) -> str:
@@ -149,16 +129,25 @@ def _file_sha(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
+def chain_of(cfg: PipelineConfig) -> Chain:
+    """The chain this pipeline runs: its reference models and their files in the output folder."""
+    return Chain(cfg.teacher, cfg.student, cfg.out_dir, cfg.teacher_epochs, cfg.teacher_optim, aux=cfg.aux,
+                 aux_epochs=cfg.aux_epochs, aux_pkt_optim=cfg.aux_optim, criterion=cfg.criterion,
+                 prune_mode=cfg.prune_mode)
+
+
 def plan(cfg: PipelineConfig) -> list[PlannedStage]:
-    """The stages to run, in order, each bound to its standalone function."""
-    stages: list[PlannedStage] = []
-    teacher = _teacher_stage(cfg, stages)
-    source = _aux_stages(cfg, teacher, stages)  # the model the student learns from (the auxiliary when there is one)
-    final = _student_stages(cfg, source, stages)
+    """The stages to run, in order, each bound to its standalone function (the chain's links)."""
+    if cfg.teacher == "-":
+        raise BadInput("pipeline --teacher cannot be '-': give a checkpoint file or an architecture name")
+    c = chain_of(cfg)
+    stages = reference_links(c, cfg.opts, prune=cfg.prunes)
+    final = _student_stages(cfg, c, stages)
     _report_stages(cfg, final, stages)
     o = cfg.opts
     common = {"data": o.data, "seed": o.seed, "val_fraction": o.val_fraction, "batch_size": o.batch_size,
-              "augment": o.augment, "precision": o.precision}
+              "augment": o.augment, "precision": o.precision,
+              **({"train_fraction": o.train_fraction} if o.train_fraction != 1 else {})}
     for s in stages:
         s.options = {**s.options, **common}
     return stages
@@ -168,70 +157,21 @@ def _file(cfg: PipelineConfig, name: str) -> str:
     return str(Path(cfg.out_dir) / name)
 
 
-def _teacher_stage(cfg: PipelineConfig, stages: list[PlannedStage]) -> str:
-    """The teacher checkpoint: given, or trained here from an architecture name."""
-    if looks_like_checkpoint(cfg.teacher):
-        if cfg.teacher == "-":
-            raise BadInput("pipeline --teacher cannot be '-': give a checkpoint file or an architecture name")
-        return cfg.teacher
-    teacher = _file(cfg, "teacher.safetensors")
-    stages.append(PlannedStage("teacher", "teacher.safetensors", cfg.teacher_epochs,
-                               {"arch": cfg.teacher, "epochs": cfg.teacher_epochs, **cfg.teacher_optim.as_dict()}, [],
-                               lambda: run_train(cfg.teacher, teacher, cfg.teacher_epochs, cfg.teacher_optim, cfg.opts,
-                                                 force=True)))
-    return teacher
-
-
-def _aux_stages(cfg: PipelineConfig, teacher: str, stages: list[PlannedStage]) -> str:
-    """--aux: a CE-trained auxiliary, then PKT from the teacher; returns the student's source."""
-    if not cfg.aux:
-        return teacher
-    aux_ce, aux, o = _file(cfg, "aux_ce.safetensors"), _file(cfg, "aux.safetensors"), cfg.opts
-    stages.append(PlannedStage("aux-train", "aux_ce.safetensors", cfg.aux_epochs,
-                               {"arch": cfg.aux, "epochs": cfg.aux_epochs, **cfg.teacher_optim.as_dict()}, [],
-                               lambda: run_train(cfg.aux, aux_ce, cfg.aux_epochs, cfg.teacher_optim, o, force=True)))
-    stages.append(PlannedStage("aux-pkt", "aux.safetensors", cfg.aux_epochs,
-                               {"method": "pkt", "ce": 0.0, "epochs": cfg.aux_epochs, **cfg.aux_optim.as_dict()},
-                               [teacher, aux_ce],
-                               lambda: run_distill(teacher, aux_ce, aux, ["pkt"], [], 0.0, [], None, cfg.aux_epochs,
-                                                   cfg.aux_optim, o, force=True)))
-    return aux
-
-
-def _student_stages(cfg: PipelineConfig, source: str, stages: list[PlannedStage]) -> str:
-    """prune -> warmup (unless --no-warmup) -> distill, on one lr plan when continuous; returns the student."""
-    o, p = cfg.opts, (lambda name: _file(cfg, name))
+def _student_stages(cfg: PipelineConfig, c: Chain, stages: list[PlannedStage]) -> str:
+    """warmup (unless --no-warmup) -> distill, on one lr plan when continuous; returns the student."""
     warm_n, kd_n = budget_split(cfg, warmup_epochs(cfg) if cfg.warmup else 0)
     continuous = cfg.warmup and cfg.schedule_mode == "continuous"
     student_optim = with_milestone(cfg.distill_optim, warm_n + kd_n if continuous else kd_n)
-    pruned, student_in = p("teacher_pruned.safetensors"), cfg.student
-    if cfg.prunes:
-        stages.append(PlannedStage("prune", "teacher_pruned.safetensors", 0,
-                                   {"like": cfg.student, "criterion": cfg.criterion, "mode": cfg.prune_mode}, [source],
-                                   lambda: run_prune(source, cfg.student, pruned, o, cfg.criterion, cfg.prune_mode,
-                                                     data_given=True, force=True)))
+    student_in = cfg.student
     if cfg.warmup:
-        warm = p("student_warm.safetensors")
-        warm_optim = OptimConfig(**{**student_optim.as_dict(), "plan_epochs": warm_n + kd_n}) if continuous \
-            else cfg.warmup_optim
-        stages.append(PlannedStage("warmup", "student_warm.safetensors", warm_n,
-                                   {"student": cfg.student, "a": cfg.a, "b": cfg.b,
-                                    "epochs_per_tap": cfg.epochs_per_tap, **warm_optim.as_dict()}, [pruned],
-                                   lambda: run_warmup(pruned, cfg.student, warm, warm_optim, o, cfg.a, cfg.b,
-                                                      cfg.epochs_per_tap, plot=p("flow.png"), force=True)))
+        warm = _file(cfg, "student_warm.safetensors")
+        warm_optim = planned(cfg.distill_optim, warm_n + kd_n) if continuous else cfg.warmup_optim
+        stages.append(warmup_link(c, cfg.opts, warm, warm_optim, warm_n,
+                                  Curriculum(cfg.a, cfg.b, cfg.epochs_per_tap), plot=_file(cfg, "flow.png")))
         student_in = warm
-    final = p("student.safetensors")
-    flow_teacher = pruned if cfg.prunes else None
-    stages.append(PlannedStage("distill", "student.safetensors", kd_n,
-                               {"student": cfg.student, "methods": cfg.methods, "params": cfg.params, "ce": cfg.ce,
-                                "epochs": kd_n, "continue_plan": continuous, "select": cfg.select,
-                                "keep_flow": cfg.keep_flow, "keep_flow_decay": cfg.keep_flow_decay,
-                                **student_optim.as_dict()}, [source, student_in],
-                               lambda: run_distill(source, student_in, final, cfg.methods, cfg.params, cfg.ce, [], None,
-                                                   None if continuous else kd_n, student_optim, o, force=True,
-                                                   flow_teacher=flow_teacher, select=cfg.select,
-                                                   continue_plan=continuous, keep_flow=cfg.keep_flow,
-                                                   keep_flow_decay=cfg.keep_flow_decay)))
+    final = _file(cfg, "student.safetensors")
+    kd = KD(tuple(cfg.methods), tuple(cfg.params), cfg.ce, cfg.select, cfg.prunes, cfg.keep_flow, cfg.keep_flow_decay)
+    stages.append(distill_link(c, cfg.opts, student_in, final, kd, kd_n, student_optim, continuous))
     return final
 
 
@@ -243,7 +183,7 @@ def _report_stages(cfg: PipelineConfig, final: str, stages: list[PlannedStage]) 
     stages.append(PlannedStage("evaluate", "evaluate.json", 0, {"split": "test"}, [final],
                                lambda: run_evaluate(final, "test", eval_opts, teacher=flow)))
     if cfg.retrieve:
-        ret_opts = RunOptions(**{**o.as_dict(), "val_fraction": 0.0})
+        ret_opts = RunOptions(**{**o.as_dict(), "val_fraction": 0.0, "train_fraction": 1.0})
         stages.append(PlannedStage("retrieve", "retrieve.json", 0, {"metric": "both", "k": [100]}, [final],
                                    lambda: run_retrieve(final, ret_opts, None, "train", "test", "both", "exact", [100],
                                                         None, None, None, 10, None)))
@@ -263,7 +203,8 @@ def estimate(cfg: PipelineConfig, stages: list[PlannedStage]) -> dict[str, float
     """Seconds per training stage from a 3-step timing of each model on this machine (rough, +-50%)."""
     import torch
 
-    ds = load_dataset(cfg.opts.data, cfg.opts.val_fraction, cfg.opts.data_root, cfg.opts.image_size)
+    ds = load_dataset(cfg.opts.data, cfg.opts.val_fraction, cfg.opts.data_root, cfg.opts.image_size,
+                      train_fraction=cfg.opts.train_fraction)
     info, n = ds.info, len(ds.train)
     shape = (info.in_channels, *info.image_size)
 
@@ -393,11 +334,8 @@ def _plot_student_flow(cfg: PipelineConfig, d: Path, stages: list[PlannedStage])
 
 
 def _final_table(results: dict[str, Any], budget: str) -> dict[str, Any]:
-    ev, rt = results.get("evaluate", {}), results.get("retrieve", {})
-    mets = rt.get("metrics", {})
-    final = {"top1": ev.get("top1"), "top5": ev.get("top5"),
-             "map_cosine": mets.get("cosine", {}).get("map"), "map_euclidean": mets.get("euclidean", {}).get("map"),
-             "p@100_cosine": mets.get("cosine", {}).get("precision@100")}
-    progress.table(f"final student (test split); {budget}", ["metric", "value"],
-                   [[k, v] for k, v in final.items() if v is not None])
+    """The final student's test scores (`Scores`: percent) as one table."""
+    final = Scores.from_stages(results.get("evaluate"), results.get("retrieve")).as_dict()
+    progress.table(f"final student (test split, %); {budget}", ["metric", "value"],
+                   [[k, f"{v:.2f}"] for k, v in final.items()])
     return final
