@@ -104,7 +104,7 @@ def test_fp16_grad_scaler_deferred_skips_without_a_sync():
     """fp16 (GradScaler; fp16 autocast runs on CPU too): with the deferred guard's fused optimiser the scaler
     hands `found_inf` to the kernel instead of reading it with `.item()` every step (which it does for a
     for-each optimiser: the detector sees that), and the bad batch changes nothing."""
-    from sync_detector import SyncDetector
+    from indistill_cli.engine.syncs import SyncDetector
 
     from indistill_cli.engine import loop
     from indistill_cli.engine.runtime import Runtime

@@ -1,6 +1,6 @@
 """No host synchronisation inside a training step in the deferred mode (the CUDA default), for CE
 training, the warmup's step, the kept flow, and every registered KD method with its phases: each step
-runs under `sync_detector.SyncDetector` on CPU (the same ops as on a GPU). The one exception allowed is
+runs under `indistill_cli.engine.syncs.SyncDetector` on CPU (the same ops as on a GPU). The one exception allowed is
 KD-SVD's eigendecomposition (`torch.linalg.eigh` reads its solver status back: the method needs it).
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from stage_helpers import _ok, _prune, _shared_file, teacher  # noqa: F401 - fixtures
-from sync_detector import SyncDetector
+from indistill_cli.engine.syncs import SyncDetector
 
 from indistill_cli import losses
 

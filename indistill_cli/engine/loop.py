@@ -10,6 +10,7 @@ every `log_every` steps, so a GPU is never synchronised per step.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch.nn as nn
 
 from indistill_cli import progress
 from indistill_cli.engine import resume
+from indistill_cli.engine.diagnostics import SyncCheck, injected_steps, poison
 from indistill_cli.engine.epoch import COUNTED, EpochEnd
 from indistill_cli.engine.guard import NonFiniteGuard, describe_terms
 from indistill_cli.engine.loop_state import LoopState, Position, ResumePoint, snapshot
@@ -42,6 +44,12 @@ class FitResult:
     wall_s: float
     optimizer_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # by `keep` parameter name
     bad_steps: int = 0  # steps skipped by --skip-nonfinite (non-finite loss or gradient)
+    diagnostics: dict[str, Any] = field(default_factory=dict)  # `sync_check` under INDISTILL_SYNC_CHECK
+
+    def figures(self) -> dict[str, Any]:
+        """What every training stage's summary reports about the loop itself."""
+        return {"images_per_sec": round(self.images_per_sec, 1), "peak_memory_mb": round(self.peak_memory_mb, 1),
+                "skipped_nonfinite": self.bad_steps, **self.diagnostics}
 
 
 class Engine:
@@ -58,7 +66,9 @@ class Engine:
         self.state = state  # signals, periodic/resumable state (None: neither)
         # check every step for non-finite values on the host (CPU: free); None = on CPU only. On a GPU
         # that would be a sync per step, so flags accumulate on the device and are read when logging.
-        self.check_every_step: bool | None = None
+        # (the sync check measures the GPU's step, so it runs the guard deferred on any device)
+        self.check_every_step: bool | None = False if SyncCheck.wanted() else None
+        self.inject = injected_steps()  # diagnostics: NaN losses at these global steps
 
     def fit(self, trainable: nn.Module, keep: nn.Module, step: Step, loader: Any,
             validate: Callable[[int], dict[str, float]] | None = None,
@@ -111,6 +121,7 @@ class _Run:
             self.start, self.guard.bad = self.point.load(self.loop, self.opt, self.scaler, engine.label)
         self.sums: dict[str, torch.Tensor] = {}
         self.seen, self.t0 = 0, 0.0
+        self.sync = SyncCheck.from_env(self.rt.device)
 
     def new_optimizer(self) -> torch.optim.Optimizer:
         """The deferred guard skips bad steps through a fused optimiser's `found_inf` (see `guard`)."""
@@ -132,13 +143,21 @@ class _Run:
         self.seen = self.start.seen if skip else 0
         self.t0 = time.perf_counter() - (self.start.elapsed if skip else 0.0)
         for i, batch in enumerate(resume.iterate_from(self.loader, skip), start=skip):
-            out = self.step(epoch, i, batch)
-            if out is None:  # a bad step, skipped
-                continue
-            self.add(out, int(batch.y.shape[0]))
-            self.after_step(epoch, i, out)
+            with self.watching(i):
+                out = self.step(epoch, i, batch)
+                if out is not None:  # (None: a bad step, skipped)
+                    self.add(out, int(batch.y.shape[0]))
+            if out is not None:
+                self.after_step(epoch, i, out)
         if self.rt.device.type == "cuda":
             torch.cuda.synchronize(self.rt.device)
+
+    def at_log(self, i: int) -> bool:
+        return (i + 1) % self.e.log_every == 0 or i + 1 == self.steps
+
+    def watching(self, i: int) -> Any:
+        """The sync check around a step that is not a logging step (those read losses back on purpose)."""
+        return self.sync.watch() if self.sync is not None and not self.at_log(i) else contextlib.nullcontext()
 
     def add(self, out: dict[str, torch.Tensor], n: int) -> None:
         """Add a step's terms (x its images) to the epoch's sums. Deferred guard: masked on the device by
@@ -163,6 +182,8 @@ class _Run:
         guard.remember()
         with self.rt.autocast():
             out = self.step_fn(batch, epoch)
+        if self.e.inject and epoch * self.steps + i in self.e.inject:
+            out = poison(out)
         loss = out["loss"]
         if guard.every_step and guard.loss_is_bad(loss):
             return self.bad_step(describe_terms(out), epoch, i)
@@ -199,7 +220,7 @@ class _Run:
     def after_step(self, epoch: int, i: int, out: dict[str, torch.Tensor]) -> None:
         """Logging cadence: device flags, the progress line, a periodic or signalled save."""
         state, guard = self.e.state, self.guard
-        at_log = (i + 1) % self.e.log_every == 0 or i + 1 == self.steps
+        at_log = self.at_log(i)
         stop = state is not None and state.stop_signal is not None
         due = state is not None and state.due() and (guard.every_step or at_log)
         if self.rt.distributed:
@@ -259,4 +280,4 @@ class _Run:
         return FitResult(loop.history, loop.best_state, loop.best_epoch, loop.history[-1] if loop.history else {},
                          loop.train_images * self.rt.world / max(loop.train_time, 1e-9), peak_memory_mb(self.rt.device),
                          time.perf_counter() - self.t_start, named_optimizer_state(self.opt, self.names),
-                         self.guard.bad)
+                         self.guard.bad, {"sync_check": self.sync.report()} if self.sync is not None else {})

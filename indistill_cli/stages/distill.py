@@ -218,7 +218,7 @@ class Distill(Stage):
                             "continued": self.continue_plan},
                    "keep_flow": {"weight": self.keep_flow, "decay": self.keep_flow_decay,
                                  "note": "ours, not in the paper"} if kept else None,
-                   "images_per_sec": round(res.images_per_sec, 1), "peak_memory_mb": round(res.peak_memory_mb, 1),
+                   **res.figures(),
                    "wall_s": round(self.wall_s, 2), "epochs": res.history}
         if self.curves:
             summary["curves"] = self.curves

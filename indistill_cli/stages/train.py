@@ -61,7 +61,7 @@ class Train(Stage):
         return {"stage": "train", "model": m.name, "output": self.out, "best_epoch": res.best_epoch,
                 "val_top1": best.get("val_top1"), "val_map": best.get("val_map"),
                 "final_train_loss": res.final_metrics.get("train_loss"),
-                "images_per_sec": round(res.images_per_sec, 1), "peak_memory_mb": round(res.peak_memory_mb, 1),
+                **res.figures(),
                 "wall_s": round(self.wall_s, 2), "epochs": res.history}
 
     def write(self, s: Session, summary: dict[str, Any]) -> None:

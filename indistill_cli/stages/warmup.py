@@ -164,7 +164,7 @@ class Warmup(Stage):
                           "final_mse": self.final, "plan_epochs": self.optim.plan_epochs or sum(sched)}
         return {"stage": "warmup", "student": self.student.name, "teacher": spec_name(ck.spec), "output": self.out,
                 **self.warm_info, "curves": curves, "epochs": res.history,
-                "images_per_sec": round(res.images_per_sec, 1), "peak_memory_mb": round(res.peak_memory_mb, 1),
+                **res.figures(),
                 "wall_s": round(self.wall_s, 2)}
 
     def write(self, s: Session, summary: dict[str, Any]) -> None:
