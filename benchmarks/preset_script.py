@@ -24,7 +24,8 @@ def main(study: str, presets: dict[str, str], default: str, folders: dict[str, s
     if study == "effect":
         ap.add_argument("--accept-gap", action="store_true", help="go on when the gap check fails")
     a = ap.parse_args()
-    argv = ["study", "--preset", presets[a.preset], "-o", str(a.out or HERE / "results" / folders[a.preset])]
+    out = a.out or Path(os.path.relpath(HERE / "results" / folders[a.preset]))  # relative: the report quotes it
+    argv = ["study", "--preset", presets[a.preset], "-o", str(out)]
     argv += ["--protocol-only"] * a.protocol + ["--report"] * a.report + ["--accept-gap"] * getattr(a, "accept_gap", 0)
     argv += ["--jobs", str(a.jobs)] if a.jobs else []
     from indistill_cli.cli import app
