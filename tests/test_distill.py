@@ -34,9 +34,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 VAL = ("--val-fraction", "0.05")
 ONE = ("--epochs", "1", *VAL, *SEED)
 METHODS = ["kd", "pkt", "pkt-cosine", "fitnet", "at", "sp", "rkd", "dkd", "crd"]
-# val top-1 after one epoch from the 1-epoch cnn3 teacher was 0.70-0.76 for every method but fitnet
-# (~0.47: its default weight 100 on the hint MSE dominates a single epoch); untrained is ~0.1
-MIN_TOP1 = {m: 0.55 for m in METHODS} | {"fitnet": 0.3}
+# val top-1 after one epoch from the 1-epoch cnn3 teacher, worst over 5 CPU kernel variants x 3 seeds
+# (benchmarks/results/margins.md): 0.67-0.70 for most methods, 0.550 for fitnet (its weight 100 on the hint
+# MSE dominates a single epoch) and 0.500 for at; untrained is ~0.1
+MIN_TOP1 = {m: 0.55 for m in METHODS} | {"fitnet": 0.3, "at": 0.42}
 
 
 # ----------------------------------------------------------------------------- helpers

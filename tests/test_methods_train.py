@@ -31,6 +31,9 @@ PARAMS = {"reviewkd": ["reviewkd.warmup=0"], "dkd-ls": ["dkd-ls.warmup=0"], "ft"
           "ab": ["ab.init_epochs=2"], "fsp": ["fsp.init_epochs=2"], "ctkd": ["kd.learnable_temperature=1"]}
 SLOW = ("kdsvd",)
 LOW_CE = ("mlkd", "ctkd", "kd-ls")
+# reviewkd's worst val top-1 over 5 CPU kernel variants x 3 seeds was 0.294 (0.30-0.45 elsewhere; the next
+# tightest row, dkd-ls, 0.329): benchmarks/results/margins.md
+MIN_TOP1 = {"reviewkd": 0.24}
 ROWS = ["nst", "vid", "ofd", "reviewkd", "ft", "ab", "fsp", "kdsvd", "cc", "dist", "kd-ls", "dkd-ls", "mlkd", "ctkd"]
 
 
@@ -59,7 +62,7 @@ def test_each_method_lowers_its_loss_and_trains_the_student(row, teacher, work, 
         curve = [r[f"train_{method}"] for r in s["epochs"]]
     print(f"{row}: loss {curve}, val top-1 {s['val_top1']:.3f}")
     record("loss drop, first to last epoch (/|first|)", (curve[0] - curve[-1]) / abs(curve[0]), 0.0, ">")
-    record("val_top1", s["val_top1"], 0.3, ">")
+    record("val_top1", s["val_top1"], MIN_TOP1.get(row, 0.3), ">")
     if row == "ctkd":  # the learned temperature left its start (theta = 1) and is in the sidecar
         from safetensors.torch import load_file
 
