@@ -59,7 +59,7 @@ try:
 except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(ROOT))
 
-from indistill_cli.models import make_spec  # noqa: E402
+from indistill_cli.models import DataShape, create_model  # noqa: E402
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.289, 0.289, 0.289]  # what synthetic:3x32x32 declares
 T, CE_W, KD_W, LR, MOMENTUM, WD = 4.0, 0.1, 0.9, 0.05, 0.9, 5e-4
@@ -89,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _models(device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, Any]]:
-    t_spec, teacher = make_spec("resnet56", 3, 10, (32, 32), {"mean": MEAN, "std": STD})
-    _, student = make_spec("resnet20", 3, 10, (32, 32), {"mean": MEAN, "std": STD})
+    t_spec, teacher = create_model("resnet56", DataShape(3, 10, (32, 32), MEAN, STD))
+    _, student = create_model("resnet20", DataShape(3, 10, (32, 32), MEAN, STD))
     return teacher.to(device), student.to(device), t_spec
 
 
@@ -229,8 +229,7 @@ class BareCE:
         info = ds.info
         self.images = fit_size(ds.train.images, tuple(info.image_size)).to(device)  # zero padding, once
         self.labels = ds.train.labels.to(device)
-        _, self.model = make_spec(CE_MODEL, info.in_channels, info.num_classes, tuple(info.image_size),
-                                  {"mean": info.mean, "std": info.std})
+        _, self.model = create_model(CE_MODEL, DataShape(info.in_channels, info.num_classes, tuple(info.image_size), info.mean, info.std))
         self.model.to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
         self.mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1)

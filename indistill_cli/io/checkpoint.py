@@ -22,6 +22,7 @@ from typing import Any
 from indistill_cli.errors import BadInput
 from indistill_cli.io import jsontext
 from indistill_cli.io.atomic import atomic_write
+from indistill_cli.io.spec import ModelSpec
 
 FORMAT = "indistill/1"
 EXTRA_PREFIX = "@"
@@ -34,7 +35,7 @@ class Checkpoint:
     """What a stage reads and writes: spec + weights + history."""
 
     role: str
-    spec: dict[str, Any]
+    spec: ModelSpec
     state: dict[str, Any]  # model state dict (torch tensors)
     extras: dict[str, Any] = field(default_factory=dict)  # non-model tensors (e.g. kept indices)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -68,7 +69,7 @@ def to_bytes(ckpt: Checkpoint) -> bytes:
     meta = {
         "format": FORMAT,
         "role": ckpt.role,
-        "spec": json.dumps(ckpt.spec, sort_keys=True),
+        "spec": json.dumps(ckpt.spec.to_dict(), sort_keys=True),
         "history": json.dumps(ckpt.history),
         "info": json.dumps(ckpt.info, sort_keys=True),
     }
@@ -191,6 +192,7 @@ def from_bytes(data: bytes, where: str = "<bytes>") -> Checkpoint:
         raise BadInput(f"{where}: corrupt checkpoint ({str(e).splitlines()[0]})") from None
     if meta.get("checksum") != _tensor_digest(tensors, meta):
         raise BadInput(f"{where}: checksum mismatch: the file was modified or corrupted after it was written")
+    spec = ModelSpec.from_dict(spec, where)  # validated once, here: every reader gets a typed, plausible spec
     state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
     extras = {k[len(EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
     return Checkpoint(role, spec, state, extras, history, info, _h.sha256(data).hexdigest(), where)

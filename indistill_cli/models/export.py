@@ -22,16 +22,17 @@ import torch
 import torch.nn as nn
 
 from indistill_cli.errors import BadInput
+from indistill_cli.io.spec import ModelSpec
 from indistill_cli.models.taps import TapSet, as_vector
 
 INPUT, OPSET, PT2_META = "input", 17, "indistill.json"
 ONNX_MISSING = "ONNX export needs onnx and onnxruntime: pip install 'indistill[export]'"
 
 
-def model_norm(spec: dict[str, Any], norm: dict[str, Any]) -> tuple[list[float], list[float]]:
+def model_norm(spec: ModelSpec, norm: dict[str, Any]) -> tuple[list[float], list[float]]:
     """The data's mean/std at the model's channel count (grayscale repeated for RGB models, RGB averaged
     for grayscale ones), as the loaders apply them."""
-    c = int(spec["in_channels"])
+    c = spec.in_channels
     mean, std = list(norm.get("mean") or [0.0]), list(norm.get("std") or [1.0])
     if len(mean) != c:
         mean, std = ([sum(mean) / len(mean)] * c, [sum(std) / len(std)] * c) if len(mean) > 1 else (mean * c, std * c)

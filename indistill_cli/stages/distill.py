@@ -23,8 +23,7 @@ from indistill_cli.io.checkpoint import load_checkpoint
 from indistill_cli.io.history import history_entry, write_model
 from indistill_cli.io.paths import sibling
 from indistill_cli.metrics.flow import flow_mse
-from indistill_cli.models import spec_name
-from indistill_cli.pruning.rebuild import model_from_checkpoint
+from indistill_cli.models import ModelSpec, create_model
 from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
 from indistill_cli.stages.base import Stage
 from indistill_cli.stages.ce import val_metrics
@@ -156,7 +155,7 @@ class Distill(Stage):
         shared = (tck is not None and fck.info.get("pruning", {}).get("mode") == "probe" and fck.spec == tck.spec
                   and fck.state.keys() == tck.state.keys()
                   and all(torch.equal(fck.state[k], tck.state[k]) for k in tck.state))
-        flow = FlowPair(frozen(model_from_checkpoint(fck), s.rt.device, s.rt.channels_last), student, pairs)
+        flow = FlowPair(frozen(create_model(fck).model, s.rt.device, s.rt.channels_last), student, pairs)
         fixed = s.first_images(s.val_split or "test", self.student_r.spec, self.flow_images)
         self.curves.update({p.student_tap: [v] for p, v in zip(pairs, flow_mse(flow, fixed, s.rt))})
         return flow, fixed, shared
@@ -194,7 +193,7 @@ class Distill(Stage):
         def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
             return net(batch.x, batch.y, batch.idx, epoch, distiller.teacher_outputs(batch.x, teacher))
 
-        emb_tap = self.student_r.spec["embedding"]["name"] if self.chosen == "map" else None
+        emb_tap = self.student_r.spec.embedding.name if self.chosen == "map" else None
 
         def validate(epoch: int) -> dict[str, float]:
             out: dict[str, float] = {}
@@ -246,7 +245,7 @@ class Distill(Stage):
         metrics = {k: summary[k] for k in SUMMARY_METRICS if summary[k] is not None}
         hist = st.history + [history_entry(
             "distill", options, [t.parent(), st.parent()], metrics, self.wall_s, s.ds.info.name,
-            from_warmup=self.from_warmup, teacher=spec_name(t.spec), curve=self.res.history, device=s.rt.describe(),
+            from_warmup=self.from_warmup, teacher=t.spec.name, curve=self.res.history, device=s.rt.describe(),
             **({"curves": summary["curves"]} if summary.get("curves") else {}),
             **({"phases": self.phase_log} if self.phase_log else {}))]
         summary["sha256"] = write_model(self.out, self.res.best_state, st.spec, hist, {"dataset": s.ds.info.as_dict()})
@@ -266,7 +265,7 @@ def build_methods(specs: list[MethodSpec], teacher_r: Resolved, student_r: Resol
                   student: nn.Module, tap_pairs: list[str], embedding_pair: str | None,
                   s: Session) -> tuple[list[list[tuple[str, str]]], list[nn.Module]]:
     """Each method's (teacher tap, student tap) pairs and its loss module, sized by one probing forward."""
-    probe = torch.zeros(2, teacher_r.spec["in_channels"], *teacher_r.spec["input_size"], device=s.rt.device)
+    probe = torch.zeros(2, teacher_r.spec.in_channels, *teacher_r.spec.input_size, device=s.rt.device)
     pairs_all, loss_mods = [], []
     for m in specs:
         cls = losses.get(m.name)

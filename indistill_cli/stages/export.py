@@ -19,9 +19,8 @@ from indistill_cli.data import check_compatible, load_dataset, make_loader
 from indistill_cli.errors import BadInput, RunFailure
 from indistill_cli.io.atomic import atomic_write
 from indistill_cli.io.checkpoint import Checkpoint, load_checkpoint
-from indistill_cli.models import spec_name
+from indistill_cli.models import ModelSpec, create_model
 from indistill_cli.models import export as ex
-from indistill_cli.pruning.rebuild import model_from_checkpoint
 from indistill_cli.stages.base import Stage
 from indistill_cli.stages.options import RunOptions
 from indistill_cli.stages.session import Session
@@ -44,7 +43,7 @@ def deployable_checkpoint(src: str) -> Checkpoint:
 
 def norm_of(ck: Checkpoint) -> dict[str, Any]:
     """The normalisation the model was trained with: its spec's, else its dataset's."""
-    norm = ck.spec.get("norm") or {}
+    norm = ck.spec.norm
     ds = ck.info.get("dataset") or {}
     return norm if norm.get("mean") else {"mean": ds.get("mean"), "std": ds.get("std")}
 
@@ -57,10 +56,10 @@ def parity_batch(ck: Checkpoint, opts: RunOptions, data: str | None, n: int) -> 
     try:
         if not name:
             raise BadInput("the checkpoint names no dataset")
-        ds = load_dataset(name, 0.0, opts.data_root, int(spec["input_size"][0]), seed=0, download=False)
+        ds = load_dataset(name, 0.0, opts.data_root, int(spec.input_size[0]), seed=0, download=False)
         check_compatible(ds.info, spec, ck.source)
-        loader = make_loader(ds.test, ds.info, n, model_channels=spec["in_channels"],
-                             model_size=tuple(spec["input_size"]))
+        loader = make_loader(ds.test, ds.info, n, model_channels=spec.in_channels,
+                             model_size=spec.input_size)
         x = next(iter(loader)).x.contiguous()
         return x, f"{len(x)} test images of {ds.info.name}"
     except BadInput as e:
@@ -68,7 +67,7 @@ def parity_batch(ck: Checkpoint, opts: RunOptions, data: str | None, n: int) -> 
             raise
         progress.warn(f"parity checked on random inputs: {e}")
     g = torch.Generator().manual_seed(0)
-    return torch.randn(n, spec["in_channels"], *spec["input_size"], generator=g), f"{n} random inputs"
+    return torch.randn(n, spec.in_channels, *spec.input_size, generator=g), f"{n} random inputs"
 
 
 class Export(Stage):
@@ -109,21 +108,21 @@ class Export(Stage):
         fold = self.include_normalize
         return {
             "indistill_version": __version__, "source_checkpoint": Path(ck.source).name, "source_sha256": ck.sha256,
-            "model": spec_name(spec), "dataset": ds.get("name", ""), "classes": ds.get("classes", []),
-            "num_classes": spec["num_classes"], "in_channels": spec["in_channels"], "input_size": spec["input_size"],
+            "model": spec.name, "dataset": ds.get("name", ""), "classes": ds.get("classes", []),
+            "num_classes": spec.num_classes, "in_channels": spec.in_channels, "input_size": spec.input_size,
             "input": "float32 NCHW, pixels scaled to [0, 1] (normalised inside the graph)" if fold else
                      "float32 NCHW, (pixels / 255 - mean) / std per channel",
             "mean": mean, "std": std, "normalization": "inside" if fold else "outside",
-            "serving": ds.get("serving") or f"{spec['input_size'][0]}x{spec['input_size'][1]} images as they are",
+            "serving": ds.get("serving") or f"{spec.input_size[0]}x{spec.input_size[1]} images as they are",
             "output": self.output, "output_dim": dim,
-            "embedding_tap": spec["embedding"]["name"] if self.output == "embedding" else "",
+            "embedding_tap": spec.embedding.name if self.output == "embedding" else "",
         }
 
     def execute(self, s: Session) -> dict[str, Any]:
         ck = self.ck
-        model = model_from_checkpoint(ck).eval()
+        model = create_model(ck).model.eval()
         mean, std = ex.model_norm(ck.spec, norm_of(ck))
-        tap = ck.spec["embedding"]["name"]
+        tap = ck.spec.embedding.name
         eager = ex.Deployable(model, self.output, tap)
         shipped = ex.Deployable(model, self.output, tap, mean, std) if self.include_normalize else eager
         x, source = parity_batch(ck, self.opts, self.data, self.parity_images)
@@ -132,7 +131,7 @@ class Export(Stage):
             dim = int(eager(x[:1]).shape[1])
         meta = self.metadata(mean, std, dim)
         with progress.bar() as bars:
-            bars.add_task(f"export {spec_name(ck.spec)} ({self.fmt})", total=None, status="")
+            bars.add_task(f"export {ck.spec.name} ({self.fmt})", total=None, status="")
             data, exporter = (ex.to_onnx if self.fmt == "onnx" else ex.to_pt2)(shipped, x_in[:2].clone(), meta)
         out: dict[str, Any] = {"output": self.out, "format": self.fmt, "exporter": exporter, "outputs": self.output,
                                "include_normalize": self.include_normalize, "bytes": len(data), "metadata": meta}

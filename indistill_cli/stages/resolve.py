@@ -12,8 +12,7 @@ import torch.nn as nn
 from indistill_cli.data import DataInfo, check_compatible
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import Checkpoint, load_checkpoint, looks_like_checkpoint
-from indistill_cli.models import make_spec, spec_name
-from indistill_cli.pruning.rebuild import model_from_checkpoint
+from indistill_cli.models import ModelSpec, create_model
 
 
 @dataclass
@@ -21,13 +20,13 @@ class Resolved:
     """A model given on the command line: the module, its spec, and the checkpoint it came from."""
 
     model: nn.Module
-    spec: dict[str, Any]
+    spec: ModelSpec
     ckpt: Checkpoint | None  # None when built fresh from a name
     init_seed: int | None = None  # the seed a fresh model's weights were drawn with
 
     @property
     def name(self) -> str:
-        return spec_name(self.spec)
+        return self.spec.name
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -44,19 +43,18 @@ def resolve_model(arg: str, info: DataInfo, what: str = "student", trained: bool
     """A checkpoint (verified, fitted to the data) or a fresh model from an architecture name.
 
     A fresh model's weights depend on (architecture, data shape, `seed`) only, so `train`, `warmup`,
-    `distill` and `pipeline` given one --seed start from the same student (see `make_spec`)."""
+    `distill` and `pipeline` given one --seed start from the same student (see `create_model`)."""
     if looks_like_checkpoint(arg):
         ckpt = load_checkpoint(arg)
         if ckpt.role == "embeddings" or (role is not None and ckpt.role != role):
             raise BadInput(_wrong_role(ckpt, what))
         check_compatible(info, ckpt.spec, f"{what} {ckpt.source}")
-        return Resolved(model_from_checkpoint(ckpt), ckpt.spec, ckpt)
+        return Resolved(create_model(ckpt).model, ckpt.spec, ckpt)
     if trained and not pretrained:
         raise BadInput(f"--{what} '{arg}' is an architecture name, but a {what} needs trained weights: train one "
                        f"with `indistill train {arg} --data ...` and pass the checkpoint, or add --pretrained for "
                        f"hub models on machines that reach the hub")
-    spec, model = make_spec(arg, info.in_channels, info.num_classes, info.image_size,
-                            {"mean": info.mean, "std": info.std}, pretrained=pretrained, seed=seed)
+    spec, model = create_model(arg, info.shape, seed, pretrained=pretrained)
     return Resolved(model, spec, None, seed)
 
 
