@@ -161,9 +161,10 @@ def test_bad_inputs_are_one_line_and_write_nothing(trained_cnn3, models, tmp_pat
              ((str(adapters), "-o", str(out)), "is a KD adapters sidecar"),
              ((str(tmp_path / "nope.safetensors"), "-o", str(out)), "checkpoint not found"),
              ((ck, "-o", str(existing)), "exists; pass --force"),
-             ((ck, "-o", str(tmp_path / "m.bin")), "name it .onnx or .pt2, or give --format"),
-             ((ck, "-o", str(out), "--format", "tflite"), "--format must be auto, onnx or torch-export"),
+             ((ck, "-o", str(tmp_path / "m.bin")), "name it .onnx, .pt2 or .safetensors (a plain state dict), or give --format"),
+             ((ck, "-o", str(out), "--format", "tflite"), "--format must be auto, onnx, torch-export or state-dict"),
              ((ck, "-o", str(out), "--output", "features"), "--output must be logits or embedding"),
+             ((ck, "-o", str(tmp_path / "w.safetensors"), "--output", "embedding"), "--format state-dict writes"),
              ((ck, "-o", str(out), "--tolerance", "0"), "--tolerance must be a positive number"),
              ((ck, "-o", str(out), "--parity-images", "0"), "--parity-images must be in 1..4096")]
     for args, needle in cases:

@@ -185,3 +185,37 @@ def onnx_metadata(path: str) -> dict[str, str]:
     import onnx
 
     return {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+
+
+def to_state_dict(model: nn.Module, metadata: dict[str, Any]) -> bytes:
+    """The module's state dict as safetensors bytes (tensors contiguous, shared storage copied), with string
+    metadata (`format: pt`, as timm and Hugging Face write it)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {"format": "pt", **{k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}}
+    return save(tensors, metadata=meta)
+
+
+def state_dict_runner(data: bytes, spec: ModelSpec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A fresh module of the spec loading the state-dict bytes strictly, as a function (the parity check)."""
+    from safetensors.torch import load
+
+    from indistill_cli.models.create import create_model
+
+    model = create_model(spec).model
+    model.load_state_dict(load(data), strict=True)
+    model.eval()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    return run
+
+
+def load_hint(spec: ModelSpec, filename: str) -> str:
+    """One line of Python that loads a `--format state-dict` file into the architecture's own code."""
+    from indistill_cli.models.create import source_of
+
+    return source_of(spec.arch).load_hint(spec, filename)

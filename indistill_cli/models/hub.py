@@ -80,11 +80,31 @@ class TimmSource(Source):
         model.tap_names = names
         model.tap_layouts = _layouts(model, spec, names)
 
+    def adapt_foreign(self, model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+        """timm's own filter for the family (ViT/DeiT: position embedding and patch kernel resampled to this
+        size, original-repository layouts converted; Swin: relative position tables), when it has one."""
+        import importlib
+
+        fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
+        if fn is None:
+            return state
+        try:
+            return dict(fn(dict(state), model))
+        except Exception:  # noqa: BLE001 - a layout the filter does not know: the keys are reported as they are
+            return state
+
     def weights_norm(self, model: nn.Module) -> dict[str, list[float]] | None:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         if cfg.get("mean") and cfg.get("std"):
             return {"mean": [float(v) for v in cfg["mean"]], "std": [float(v) for v in cfg["std"]]}
         return None
+
+    def load_hint(self, spec: ModelSpec, filename: str) -> str:
+        args = {"num_classes": spec.num_classes, "in_chans": spec.in_channels, **(spec.args or {})}
+        if _takes_img_size(spec.arch):
+            args["img_size"] = spec.input_size[0] if spec.input_size[0] == spec.input_size[1] else tuple(spec.input_size)
+        kw = ", ".join(f"{k}={v!r}" for k, v in args.items())
+        return f"import timm; m = timm.create_model('{spec.arch.split(':', 1)[1]}', {kw}, checkpoint_path='{filename}')"
 
     def default_size(self, model: nn.Module | None, arch: str) -> int | None:
         import timm
@@ -128,8 +148,29 @@ class TorchvisionSource(Source):
     def weights_norm(self, model: nn.Module) -> dict[str, list[float]] | None:
         return {k: list(v) for k, v in IMAGENET_NORM.items()}
 
+    def load_hint(self, spec: ModelSpec, filename: str) -> str:
+        kw = "".join(f", {k}={v!r}" for k, v in (spec.args or {}).items())
+        return (f"import torchvision; from safetensors.torch import load_file; m = torchvision.models.get_model("
+                f"'{spec.arch.split(':', 1)[1]}', num_classes={spec.num_classes}{kw}); "
+                f"m.load_state_dict(load_file('{filename}'))")
+
     def default_size(self, model: nn.Module | None, arch: str) -> int | None:
         return 299 if "inception" in arch else 224
+
+
+def _takes_img_size(arch: str) -> bool:
+    """Whether the timm architecture is built for an input size (ViT, Swin, LeViT take `img_size`): tried on
+    the meta device, where building allocates nothing."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            timm.create_model(arch.split(":", 1)[1], pretrained=False, num_classes=1, img_size=224)
+    except TypeError:
+        return False
+    except Exception:  # noqa: BLE001 - a family that cannot be built on meta: say img_size, harmless if refused
+        return True
+    return True
 
 
 def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:

@@ -33,9 +33,20 @@ class Source:
         """Set `tap_names` and `embedding_name` (and `preact_taps`, `tap_layouts` where they exist) on a fresh
         module. Native families set them in their constructors."""
 
+    def adapt_foreign(self, model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+        """A foreign state dict in the layout this source's module loads (e.g. a position embedding resampled
+        to the module's input size); the keys as they are by default."""
+        return state
+
     def weights_norm(self, model: nn.Module) -> dict[str, list[float]] | None:
         """The normalisation this architecture's published weights expect (None: nothing is known)."""
         return None
+
+    def load_hint(self, spec: ModelSpec, filename: str) -> str:
+        """One line of Python that loads a plain state dict of this model (`export --format state-dict`)."""
+        return (f"from indistill_cli.io.spec import ModelSpec; from indistill_cli.models import create_model; "
+                f"from safetensors.torch import load_file; m = create_model(ModelSpec.from_dict(SPEC)).model; "
+                f"m.load_state_dict(load_file('{filename}'))  # SPEC: the checkpoint's spec (indistill inspect --json)")
 
     def default_size(self, model: nn.Module | None, arch: str) -> int | None:
         """The input size the architecture is usually run at (named in size errors), when known."""

@@ -31,7 +31,7 @@ from indistill_cli.stages.distiller import (Distiller, KeepFlow, MethodSpec, fea
                                             parse_methods, save_adapters, vector_flags)
 from indistill_cli.stages.phases import method_phases, run_phases
 from indistill_cli.stages.options import RunOptions
-from indistill_cli.stages.resolve import Resolved, frozen, resolve_model
+from indistill_cli.stages.resolve import Resolved, fed_by, frozen, resolve_model
 from indistill_cli.stages.session import Session
 
 SUMMARY_METRICS = ("best_epoch", "val_top1", "val_map", "images_per_sec", "peak_memory_mb")
@@ -95,7 +95,7 @@ class Distill(Stage):
         st = self.student_r = resolve_model(self.student_arg, s.ds.info, "student", seed=self.opts.seed)
         self.opt_state, self.optim, self.epochs = self.plan_for(st)
         self.bind_state(s, parents=[t.parent().get("sha256") or t.name, st.parent().get("sha256") or st.name])
-        teacher = frozen(t.model, rt.device, rt.channels_last)
+        teacher = fed_by(frozen(t.model, rt.device, rt.channels_last), t.spec, st.spec, s.ds.info)
         student = self.student = sync_batchnorm(st.model.to(rt.device), rt, self.opts.sync_bn)
         if rt.channels_last:
             student = self.student = student.to(memory_format=torch.channels_last)
@@ -155,7 +155,9 @@ class Distill(Stage):
         shared = (tck is not None and fck.info.get("pruning", {}).get("mode") == "probe" and fck.spec == tck.spec
                   and fck.state.keys() == tck.state.keys()
                   and all(torch.equal(fck.state[k], tck.state[k]) for k in tck.state))
-        flow = FlowPair(frozen(create_model(fck).model, s.rt.device, s.rt.channels_last), student, pairs)
+        fteacher = fed_by(frozen(create_model(fck).model, s.rt.device, s.rt.channels_last), fck.spec,
+                          self.student_r.spec, s.ds.info)
+        flow = FlowPair(fteacher, student, pairs)
         fixed = s.first_images(s.val_split or "test", self.student_r.spec, self.flow_images)
         self.curves.update({p.student_tap: [v] for p, v in zip(pairs, flow_mse(flow, fixed, s.rt))})
         return flow, fixed, shared
@@ -265,7 +267,7 @@ def build_methods(specs: list[MethodSpec], teacher_r: Resolved, student_r: Resol
                   student: nn.Module, tap_pairs: list[str], embedding_pair: str | None,
                   s: Session) -> tuple[list[list[tuple[str, str]]], list[nn.Module]]:
     """Each method's (teacher tap, student tap) pairs and its loss module, sized by one probing forward."""
-    probe = torch.zeros(2, teacher_r.spec.in_channels, *teacher_r.spec.input_size, device=s.rt.device)
+    probe = torch.zeros(2, student_r.spec.in_channels, *student_r.spec.input_size, device=s.rt.device)  # a batch
     pairs_all, loss_mods = [], []
     for m in specs:
         cls = losses.get(m.name)

@@ -16,7 +16,7 @@ from indistill_cli.models import ModelSpec, create_model
 from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
 from indistill_cli.stages.base import Stage
 from indistill_cli.stages.options import RunOptions
-from indistill_cli.stages.resolve import frozen, resolve_model
+from indistill_cli.stages.resolve import fed_by, frozen, resolve_model
 from indistill_cli.stages.session import Session
 
 
@@ -27,7 +27,7 @@ def flow_report(student: torch.nn.Module, student_spec: ModelSpec, teacher_arg: 
     if ck.role not in ("model", "pruned-teacher"):
         raise BadInput(f"--teacher {ck.source}: a {ck.role} checkpoint is not a teacher")
     check_compatible(s.ds.info, ck.spec, f"teacher {ck.source}")
-    teacher = frozen(create_model(ck).model, s.rt.device)
+    teacher = fed_by(frozen(create_model(ck).model, s.rt.device), ck.spec, student_spec, s.ds.info)
     student.eval()
     batches = s.first_images(split, student_spec, max_images)
     n = sum(int(b.shape[0]) for b in batches)

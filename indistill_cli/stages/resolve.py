@@ -13,6 +13,8 @@ from indistill_cli.data import DataInfo, check_compatible
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import Checkpoint, load_checkpoint, looks_like_checkpoint
 from indistill_cli.models import ModelSpec, create_model
+from indistill_cli.models.inputs import feed_from
+from indistill_cli.stages.session import loader_norm
 
 
 @dataclass
@@ -67,6 +69,15 @@ def _wrong_role(ckpt: Checkpoint, what: str) -> str:
         return (f"{ckpt.source}: is a pruned-teacher checkpoint (from `indistill prune`), not a {what}; pass the "
                 f"{what}'s own checkpoint or an architecture name (a pruned teacher goes to `warmup --teacher`)")
     return f"{ckpt.source}: is a {ckpt.role} checkpoint, expected a model checkpoint for the {what}"
+
+
+def fed_by(teacher: nn.Module, t_spec: ModelSpec, s_spec: ModelSpec, info: DataInfo) -> nn.Module:
+    """A teacher given the student's batches: its input re-normalised / channel-adapted when the two models
+    expect different inputs (models.inputs); unchanged when they expect the same."""
+    data = (list(info.mean), list(info.std))
+    feed_from(teacher, loader_norm(s_spec, info) or data, s_spec.in_channels, loader_norm(t_spec, info) or data,
+              t_spec.in_channels)
+    return teacher
 
 
 def frozen(model: nn.Module, device: Any, channels_last: bool = False) -> nn.Module:

@@ -25,7 +25,7 @@ from indistill_cli.models.taps import TapSet, as_vector
 from indistill_cli.stages.base import Stage
 from indistill_cli.stages.options import RunOptions
 from indistill_cli.stages.resolve import resolve_model
-from indistill_cli.stages.session import Session
+from indistill_cli.stages.session import Session, loader_norm
 
 
 @torch.inference_mode()
@@ -51,7 +51,8 @@ def _split_loader(s: Session, name: str, spec: ModelSpec) -> tuple[Any, str]:
 
         folder = scan(Path(name.split(":", 1)[1]), list(s.ds.info.classes))
         return make_loader(folder, s.ds.info, s.opts.eval_batch_size, device=s.rt.device,
-                           model_channels=spec.in_channels, model_size=spec.input_size), name
+                           model_channels=spec.in_channels, model_size=spec.input_size,
+                           model_norm=loader_norm(spec, s.ds.info)), name
     return s.eval_loader(name, spec, shard=False), name
 
 
@@ -70,7 +71,8 @@ def load_image(path: str, info: DataInfo, spec: ModelSpec, device: torch.device)
     img = torch.nn.functional.interpolate(img[None].float(), size=tuple(info.stored_size), mode="bilinear",
                                           antialias=True, align_corners=False).round().clamp(0, 255).byte()
     loader = TensorLoader(Split(img, torch.zeros(1, dtype=torch.long)), info, 1, device=device,
-                          model_channels=spec.in_channels, model_size=spec.input_size)
+                          model_channels=spec.in_channels, model_size=spec.input_size,
+                          model_norm=loader_norm(spec, info))
     return next(iter(loader)).x
 
 

@@ -10,12 +10,20 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from indistill_cli.data import Dataset, load_dataset, make_loader
+from indistill_cli.data import DataInfo, Dataset, load_dataset, make_loader
 from indistill_cli.data.memory import check_fits
 from indistill_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
 from indistill_cli.models import ModelSpec, create_model
 from indistill_cli.models.footprint import activation_bytes
 from indistill_cli.stages.options import RunOptions
+
+
+def loader_norm(spec: ModelSpec, info: DataInfo) -> tuple[list[float], list[float]] | None:
+    """The normalisation a model's inputs need when it is not the data's: the one its spec records (an imported
+    or hub-pretrained model's weights expect theirs); None for a model trained on this data's."""
+    if spec.mean and spec.std and (spec.mean, spec.std) != (list(info.mean), list(info.std)):
+        return spec.mean, spec.std
+    return None
 
 
 @functools.lru_cache(maxsize=16)
@@ -54,14 +62,15 @@ class Session:
                            drop_last=n // self.rt.world > self.opts.batch_size,
                            model_channels=spec.in_channels, model_size=spec.input_size,
                            rank=self.rt.rank, world=self.rt.world, channels_last=self.rt.channels_last,
-                           strict=self.opts.strict)
+                           strict=self.opts.strict, model_norm=loader_norm(spec, self.ds.info))
 
     def eval_loader(self, split: str, spec: ModelSpec, shard: bool = True) -> Any:
         check_batch(spec, min(self.opts.eval_batch_size, len(self.ds.split(split))), False, self.rt.device)
         return make_loader(self.ds.split(split), self.ds.info, self.opts.eval_batch_size, device=self.rt.device,
                            model_channels=spec.in_channels, model_size=spec.input_size,
                            rank=self.rt.rank if shard else 0, world=self.rt.world if shard else 1,
-                           channels_last=self.rt.channels_last, strict=self.opts.strict)
+                           channels_last=self.rt.channels_last, strict=self.opts.strict,
+                           model_norm=loader_norm(spec, self.ds.info))
 
     def first_images(self, split: str, spec: ModelSpec, max_images: int) -> list[Any]:
         """The first `max_images` images of a split as model-ready batches, the same on every rank."""

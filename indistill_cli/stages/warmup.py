@@ -28,7 +28,7 @@ from indistill_cli.pruning.targets import FlowPair, StudentUpTo, pairs_from_teac
 from indistill_cli.stages.base import Stage
 from indistill_cli.stages.curriculum import epochs_per_tap, phases, tap_of_epoch
 from indistill_cli.stages.options import RunOptions
-from indistill_cli.stages.resolve import frozen, resolve_model
+from indistill_cli.stages.resolve import fed_by, frozen, resolve_model
 from indistill_cli.stages.session import Session
 
 
@@ -105,7 +105,7 @@ class Warmup(Stage):
         if self.optim.plan_epochs and self.optim.plan_epochs <= sum(sched):
             raise BadInput(f"--plan-epochs {self.optim.plan_epochs}: the plan must be longer than the warmup's own "
                            f"{sum(sched)} epochs (it spans warmup + KD)")
-        teacher = frozen(create_model(ck).model, rt.device)
+        teacher = fed_by(frozen(create_model(ck).model, rt.device), ck.spec, student.spec, s.ds.info)
         model = sync_batchnorm(student.model.to(rt.device), rt, self.opts.sync_bn)
         broadcast_state(model, rt)  # every rank starts from rank 0's student (phases wrap only part of it in DDP)
         if rt.channels_last:
