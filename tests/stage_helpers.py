@@ -10,12 +10,13 @@ import os
 
 import pytest
 import torch
-from conftest import invoke
+from conftest import invoke, suite_seed
 
 from indistill_cli.io.history import write_model
 from indistill_cli.models import create_model
 
 DATA = "fashion-mnist-mini"
+SEED = ("--seed", str(suite_seed()))  # the CLI's seed in trained-quantity tests ($INDISTILL_TEST_SEED, default 0)
 
 
 _cli = invoke  # the CLI in this process (conftest)
@@ -66,12 +67,13 @@ def _quiet_call(fn, *a, **kw):
 
 
 def build_cnn3_teacher(out: str) -> None:
-    """cnn3 trained one epoch on fashion-mnist-mini (val 0.05, seed 0): val top-1 ~0.75."""
+    """cnn3 trained one epoch on fashion-mnist-mini (val 0.05, seed `suite_seed()`): val top-1 ~0.75."""
     from indistill_cli.engine.schedule import OptimConfig
     from indistill_cli.stages.options import RunOptions
     from indistill_cli.stages.train import run_train
 
-    _quiet_call(run_train, "cnn3", out, 1, OptimConfig(), RunOptions(data=DATA, val_fraction=0.05), save_last=False)
+    _quiet_call(run_train, "cnn3", out, 1, OptimConfig(), RunOptions(data=DATA, val_fraction=0.05, seed=suite_seed()),
+                save_last=False)
 
 
 def build_quick_teacher(name: str, steps: int):
@@ -82,7 +84,7 @@ def build_quick_teacher(name: str, steps: int):
         from indistill_cli.stages.options import RunOptions
         from indistill_cli.stages.session import open_session
 
-        s = open_session(RunOptions(data=DATA, val_fraction=0.05, batch_size=64))
+        s = open_session(RunOptions(data=DATA, val_fraction=0.05, batch_size=64, seed=suite_seed()))
         info = s.ds.info
         spec, model = create_model(name, info.shape)
         opt = torch.optim.Adam(model.parameters(), 3e-3)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from indistill_cli.engine.resume import RunState
-from indistill_cli.engine.runtime import barrier
+from indistill_cli import progress
+from indistill_cli.engine.runtime import barrier, compile_begin, compile_stats, describe_compile, reset_peak_memory
 from indistill_cli.errors import BadInput
 from indistill_cli.stages.options import TUNABLE, RunOptions
 from indistill_cli.stages.session import Session, open_session
@@ -41,6 +42,7 @@ class Stage:
 
     name: ClassVar[str]
     loads_data: bool = True  # False: the stage reads its own data (or none); the session has no dataset
+    compiles: bool = False  # True: it trains, so --compile applies and its graphs and breaks are reported
 
     def __init__(self, out: str | None, opts: RunOptions, force: bool = False) -> None:
         self.out, self.opts, self.force = out, opts, force
@@ -84,7 +86,14 @@ class Stage:
         self.t0 = time.perf_counter()
         self.prepare()
         s = self.session = open_session(self.opts, self.loads_data)
+        reset_peak_memory(s.rt.device)  # this stage's own peak (a pipeline runs several in one process)
+        compiles = self.compiles and self.opts.compile
+        if compiles:
+            compile_begin()
         summary = self.execute(s)
+        if compiles:
+            summary["compile"] = compile_stats()
+            progress.info(describe_compile(summary["compile"]))
         if s.rt.is_main:
             self.write(s, summary)
             if self.state is not None:

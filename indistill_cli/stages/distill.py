@@ -15,20 +15,22 @@ import torch
 import torch.nn as nn
 
 from indistill_cli import losses, progress
+from indistill_cli.engine import determinism
 from indistill_cli.engine.loop import Engine, FitResult
-from indistill_cli.engine.runtime import broadcast_state, ddp, maybe_compile, sync_batchnorm
+from indistill_cli.engine.runtime import broadcast_state, maybe_compile, sync_batchnorm
 from indistill_cli.engine.schedule import SELECT_KEYS, SELECT_PHRASES, OptimConfig, check_epochs, resolve_select
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import load_checkpoint
 from indistill_cli.io.history import history_entry, write_model
 from indistill_cli.io.paths import sibling
+from indistill_cli.losses.base import NON_NEGATIVE
 from indistill_cli.metrics.flow import flow_mse
 from indistill_cli.models import ModelSpec, create_model
 from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
 from indistill_cli.stages.base import Stage
 from indistill_cli.stages.ce import val_metrics
-from indistill_cli.stages.distiller import (Distiller, KeepFlow, MethodSpec, feature_shapes, method_pairs,
-                                            parse_methods, save_adapters, vector_flags)
+from indistill_cli.stages.distiller import (Distiller, KeepFlow, MethodSpec, distiller_step, feature_shapes,
+                                            method_pairs, parse_methods, save_adapters, vector_flags)
 from indistill_cli.stages.phases import method_phases, run_phases
 from indistill_cli.stages.options import RunOptions
 from indistill_cli.stages.resolve import Resolved, fed_by, frozen, resolve_model
@@ -46,6 +48,7 @@ class Distill(Stage):
     `keep_flow` > 0 (ours): keep the warmup's per-tap MSE to `flow_teacher` in the loss, decaying."""
 
     name = "distill"
+    compiles = True
 
     def __init__(self, teacher_arg: str, student_arg: str, out: str, methods: list[str], params: list[str],
                  ce: float | None, tap_pairs: list[str], embedding_pair: str | None, epochs: int | None,
@@ -64,11 +67,7 @@ class Distill(Stage):
         if self.epochs is not None:
             check_epochs(self.epochs)
         self.optim.validate()  # a bad option must fail before any loading or output
-        if self.ce is not None and not self.ce >= 0:
-            raise BadInput(f"--ce must be >= 0, got {self.ce}")
-        if not (self.keep_flow >= 0 and 0 < self.keep_flow_decay <= 1):
-            raise BadInput(f"--keep-flow must be >= 0 and --keep-flow-decay in (0, 1], got {self.keep_flow} and "
-                           f"{self.keep_flow_decay}")
+        check_weights(self.ce, self.keep_flow, self.keep_flow_decay)
         if self.keep_flow and not self.flow_teacher:
             raise BadInput("--keep-flow needs --flow-teacher PRUNED (the pruned teacher whose targets the warmup used)")
         if self.plan and not self.continue_plan:
@@ -180,9 +179,9 @@ class Distill(Stage):
         rt, distiller, student, curves = s.rt, self.distiller, self.student, self.curves
         if self.opts.compile:
             object.__setattr__(distiller, "run_student", maybe_compile(student, True))
-        # student + trainable adapters in DDP under torchrun; the teacher stays outside. The methods' buffers
-        # (CRD's memory banks) are not broadcast every step: they start equal and get every rank's updates.
+        # student + trainable adapters in DDP under torchrun (distiller_step); the teacher stays outside
         broadcast_state(distiller.losses, rt)
+        check_deterministic(distiller, teacher, rt, self.student_r.spec)
         loader = s.train_loader(self.student_r.spec)
         log = self.phase_log
         if self.state is not None:
@@ -190,11 +189,7 @@ class Distill(Stage):
             self.state.register("phases", lambda: log, lambda saved: (log.clear(), log.extend(saved)))
         run_phases(method_phases(distiller), distiller, teacher, loader, rt, self.optim, self.state,
                    self.opts.skip_nonfinite, log)
-        net = ddp(distiller, rt, [f"losses.{n}" for n, _ in distiller.losses.named_buffers()])
-
-        def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
-            return net(batch.x, batch.y, batch.idx, epoch, distiller.teacher_outputs(batch.x, teacher))
-
+        step = distiller_step(distiller, teacher, rt)
         emb_tap = self.student_r.spec.embedding.name if self.chosen == "map" else None
 
         def validate(epoch: int) -> dict[str, float]:
@@ -263,6 +258,15 @@ class Distill(Stage):
             self.distiller.close()
 
 
+def check_weights(ce: float | None, keep_flow: float, keep_flow_decay: float) -> None:
+    """--ce and --keep-flow are weights (finite, >= 0), --keep-flow-decay a factor in (0, 1]."""
+    if ce is not None and ce not in NON_NEGATIVE:
+        raise BadInput(f"--ce must be {NON_NEGATIVE}, got {ce:g}")
+    if keep_flow not in NON_NEGATIVE or not 0 < keep_flow_decay <= 1:
+        raise BadInput(f"--keep-flow must be {NON_NEGATIVE} and --keep-flow-decay in (0, 1], got {keep_flow:g} and "
+                       f"{keep_flow_decay:g}")
+
+
 def build_methods(specs: list[MethodSpec], teacher_r: Resolved, student_r: Resolved, teacher: nn.Module,
                   student: nn.Module, tap_pairs: list[str], embedding_pair: str | None,
                   s: Session) -> tuple[list[list[tuple[str, str]]], list[nn.Module]]:
@@ -282,6 +286,25 @@ def build_methods(specs: list[MethodSpec], teacher_r: Resolved, student_r: Resol
             raise BadInput(f"--method {m.name}: {e}") from None
         pairs_all.append(pairs)
     return pairs_all, loss_mods
+
+
+def check_deterministic(distiller: Distiller, teacher: nn.Module, rt: Any, spec: dict[str, Any]) -> None:
+    """--deterministic on CUDA: the KD step and each method phase probed (`engine.determinism`) before any of
+    them trains; the methods' extra state (CRD's negatives generator) is left as it was."""
+    if not determinism.needs_check(rt):
+        return
+    x = determinism.blank_batch(spec, rt)
+    y, idx = torch.zeros(x.shape[0], dtype=torch.long, device=rt.device), torch.arange(x.shape[0], device=rt.device)
+    saved = [loss.extra_state_tensors() for loss in distiller.losses]
+    try:
+        for run in [None, *method_phases(distiller)]:
+            phase = None if run is None else (run.index, run.phase)
+            what = f"distill ({'the KD step' if run is None else run.part})"
+            determinism.check_kernels(rt, distiller, lambda p=phase: distiller(x, y, idx, 0, teacher, phase=p)["loss"],
+                                      what)
+    finally:
+        for loss, state in zip(distiller.losses, saved):
+            loss.load_extra_state_tensors(state)
 
 
 def run_distill(teacher_arg: str, student_arg: str, out: str, methods: list[str], params: list[str],

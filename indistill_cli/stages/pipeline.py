@@ -34,7 +34,8 @@ from indistill_cli.io.atomic import atomic_write
 from indistill_cli.io.checkpoint import load_checkpoint, looks_like_checkpoint
 from indistill_cli.models import create_model
 from indistill_cli.stages.curriculum import epochs_per_tap
-from indistill_cli.stages.distill import run_distill
+from indistill_cli.stages.distill import check_weights, run_distill
+from indistill_cli.stages.distiller import parse_methods
 from indistill_cli.stages.evaluate import run_evaluate
 from indistill_cli.stages.options import RunOptions
 from indistill_cli.stages.prune import run_prune
@@ -91,6 +92,8 @@ class PipelineConfig:
             raise BadInput(f"--epochs must be at least 1, got {self.distill_epochs}")
         if self.keep_flow and not self.warmup:
             raise BadInput("--keep-flow keeps the warmup's flow terms: it needs the warmup (drop --no-warmup)")
+        check_weights(self.ce, self.keep_flow, self.keep_flow_decay)  # before the teacher trains, not after
+        parse_methods(self.methods, self.params)
 
 
 def reference_student_optim() -> OptimConfig:

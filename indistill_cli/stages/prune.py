@@ -53,6 +53,7 @@ class Prune(Stage):
     `opts.data` is used when `data_given`; otherwise the teacher's own dataset (from its checkpoint)."""
 
     name = "prune"
+    compiles = True
 
     def __init__(self, teacher_arg: str, like: str, out: str, opts: RunOptions, criterion: str = "l1",
                  mode: str = "probe", pairs: Sequence[str] | None = None, finetune: int = 0,

@@ -27,6 +27,7 @@ def last_path(out: str) -> str | None:
 
 class Train(Stage):
     name = "train"
+    compiles = True
 
     def __init__(self, model_arg: str, out: str, epochs: int, optim: OptimConfig, opts: RunOptions,
                  pretrained: bool = False, force: bool = False, save_last: bool = True, select: str = "auto") -> None:
