@@ -36,6 +36,7 @@ def find_producers(model: nn.Module, spec: ModelSpec, taps: Sequence[str]) -> di
 
     order: list[str] = []
     marks: dict[str, tuple[int, int]] = {}
+    layouts = getattr(model, "tap_layouts", None) or {}
     handles = []
     for name, m in model.named_modules():
         if _is_conv(m):
@@ -47,6 +48,8 @@ def find_producers(model: nn.Module, spec: ModelSpec, taps: Sequence[str]) -> di
             t = _i if is_input else out
             if isinstance(t, (tuple, list)):
                 t = t[0]
+            if tap in layouts:  # a token or channels-last tap: its channels are those of its feature map
+                t = layouts[tap](t)
             marks[tap] = (len(order), int(t.shape[1]))
 
         if is_input:

@@ -77,7 +77,26 @@ def fed_by(teacher: nn.Module, t_spec: ModelSpec, s_spec: ModelSpec, info: DataI
     data = (list(info.mean), list(info.std))
     feed_from(teacher, loader_norm(s_spec, info) or data, s_spec.in_channels, loader_norm(t_spec, info) or data,
               t_spec.in_channels)
+    if tuple(t_spec.input_size) != tuple(s_spec.input_size):
+        _check_runs_at(teacher, t_spec, s_spec)
     return teacher
+
+
+def _check_runs_at(teacher: nn.Module, t_spec: ModelSpec, s_spec: ModelSpec) -> None:
+    """A teacher built for another input size than the student's batches: one probing forward, so a model that
+    cannot take that size (a ViT's fixed patch grid, a classifier sized for one map) is one line, not a
+    traceback in the first training step. Convolutional teachers that take any size pass unchanged."""
+    import torch
+
+    p = next(iter(teacher.parameters()), None)
+    x = torch.zeros(1, s_spec.in_channels, *s_spec.input_size, device=p.device if p is not None else None)
+    try:
+        with torch.no_grad():
+            teacher(x)
+    except Exception:  # noqa: BLE001 - any failure at this size is the size mismatch
+        (h, w), (sh, sw) = t_spec.input_size, s_spec.input_size
+        raise BadInput(f"teacher {t_spec.name} was built for {h}x{w} inputs and cannot run on the student's {sh}x{sw} "
+                       f"batches; pass --image-size {h} (the teacher's size)") from None
 
 
 def frozen(model: nn.Module, device: Any, channels_last: bool = False) -> nn.Module:
