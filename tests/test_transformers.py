@@ -76,22 +76,22 @@ def deit(tmp_path_factory) -> tuple[str, dict]:
 def test_a_32px_deit_trains_well_above_chance(deit, record):
     s = deit[1]
     print(f"deit: val_top1 {s['val_top1']:.3f}, train loss {[round(e['train_loss'], 3) for e in s['epochs']]}")
-    record("val_top1", s["val_top1"], 0.45, ">=")  # 10 classes: chance 0.1; measured 0.58
-    record("last train_loss", s["epochs"][-1]["train_loss"], 1.5, "<=")  # uniform guess: log(10) = 2.30
+    record("val_top1", s["val_top1"], 0.45, ">=")  # 10 classes: chance 0.1; measured 0.580 (AVX2/default ISA: 0.566)
+    record("last train_loss", s["epochs"][-1]["train_loss"], 1.5, "<=")  # log(10) = 2.30 uniform; measured 1.128 / 1.126
 
 
 @pytest.mark.trained
 def test_deit_teacher_distils_into_cnn3(deit, tmp_path, record):
     s = run("distill", "-t", deit[0], "-s", "cnn3-w0.5", "-m", "kd", *DATA, "--epochs", "1",
             "-o", tmp_path / "s.safetensors")
-    record("val_top1", s["val_top1"], 0.4, ">=")
+    record("val_top1", s["val_top1"], 0.4, ">=")  # measured 0.596 (AVX2/default ISA: 0.626)
 
 
 @pytest.mark.trained
 def test_cnn3_teacher_fitnet_and_at_into_a_vit_student(trained_cnn3, tmp_path, record):
     s = run("distill", "-t", trained_cnn3.path, "-s", VIT, "-m", "fitnet", "-m", "at", *DATA, "--epochs", "1",
             *ADAMW, "-o", tmp_path / "v.safetensors")
-    record("val_top1", s["val_top1"], 0.2, ">=")
+    record("val_top1", s["val_top1"], 0.2, ">=")  # one epoch of a ViT from scratch: measured 0.292 / 0.276
 
 
 @pytest.mark.parametrize("pair", ["vit->vit", "vit->cnn", "cnn->vit"])
@@ -127,8 +127,9 @@ def test_indistill_on_a_vit_teacher(deit, tmp_path, student, record):
     w = run("warmup", "--teacher", pruned, "--student", student, "--epochs-per-tap", "1,1", *SMALL, *ADAMW, "-o", warm)
     ratio = sum(w["final_mse"].values()) / sum(w["initial_mse"].values())
     print(f"{student}: warmup MSE {w['initial_mse']} -> {w['final_mse']} (ratio {ratio:.3f})")
-    record("warmup final/initial MSE", ratio, 0.95 if student[0] == "c" else 0.5, "<=")
+    # measured vit->vit 0.098 (AVX2/default ISA: 0.366), vit->cnn 0.785 / 0.811
+    record("warmup final/initial MSE", ratio, 0.95 if student[0] == "c" else 0.6, "<=")
     if student == VIT:  # the KD that follows (deit -> cnn3 KD is tested above)
         s = run("distill", "-t", deit[0], "-s", warm, "-m", "kd", *SMALL, "--epochs", "1", *ADAMW,
                 "-o", tmp_path / "s.safetensors")
-        record("val_top1", s["val_top1"], 0.2, ">=")
+        record("val_top1", s["val_top1"], 0.2, ">=")  # measured 0.377 / 0.388
