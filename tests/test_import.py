@@ -144,3 +144,36 @@ def test_wrong_head_refused_then_new_head_trains(cli, tmp_path):
     code, stdout, err = cli("train", str(out), *DATA, "--epochs", "1", "--batch-size", "64", "-o", str(tuned), "--json")
     assert code == 0, err
     assert json.loads(stdout)["val_top1"] > 0.4  # chance 0.1
+
+
+@pytest.mark.trained
+def test_readme_own_teacher_block_runs_as_written(tmp_path, record):
+    """README's "Your own teacher" block, run by bash as written: the student comes back through timm."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import timm
+    from safetensors.torch import load_file
+
+    from indistill_cli.io.checkpoint import load_checkpoint
+
+    root = Path(__file__).resolve().parents[1]
+    block = re.search(r"<!-- own-teacher-example -->\s*```bash\n(.*?)```", (root / "README.md").read_text(), re.S)
+    assert block, "README lost its own-teacher example"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("INDISTILL_QUIET", None)
+    p = subprocess.run(["bash", "-euo", "pipefail", "-c", block.group(1)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert [h["stage"] for h in load_checkpoint(tmp_path / "teacher.safetensors").history] == ["import"]
+    s = load_checkpoint(tmp_path / "student.safetensors")
+    assert [h["stage"] for h in s.history] == ["warmup", "distill"]
+    m = timm.create_model("vit_tiny_patch16_224", num_classes=10, in_chans=1, img_size=32, patch_size=8,
+                          embed_dim=32, depth=2, num_heads=2, checkpoint_path=str(tmp_path / "student-weights.safetensors"))
+    assert all(torch.equal(v, s.state[k]) for k, v in m.state_dict().items())
+    assert load_file(str(tmp_path / "student-weights.safetensors")).keys() == m.state_dict().keys()
+    # 10 classes: chance 0.1; measured 0.401 (AVX2/default ISA: 0.376)
+    record("student val_top1", s.history[-1]["metrics"]["val_top1"], 0.2, ">=")
