@@ -133,3 +133,20 @@ def test_indistill_on_a_vit_teacher(deit, tmp_path, student, record):
         s = run("distill", "-t", deit[0], "-s", warm, "-m", "kd", *SMALL, "--epochs", "1", *ADAMW,
                 "-o", tmp_path / "s.safetensors")
         record("val_top1", s["val_top1"], 0.2, ">=")  # measured 0.377 / 0.388
+
+
+@pytest.mark.parametrize("arch", ["timm:swin_tiny_patch4_window7_224", "timm:levit_128s"])
+def test_swin_and_levit_teachers_prune_to_a_cnn_students_widths(arch):
+    """Their taps' channels come from linear layers (Swin's patch merging, LeViT's projections): traced through
+    the feature-map layout, L1-ranked over the coupled group, the student's width kept at every pair."""
+    from indistill_cli.models import DataShape, create_model
+    from indistill_cli.pruning.pairing import pair_taps
+    from indistill_cli.pruning.plan import plan_pruning
+
+    t_spec, teacher = create_model(arch, DataShape(*SHAPE), 0)
+    s_spec, _ = create_model("cnn3-w0.5", DataShape(*SHAPE), 0)
+    pairs = pair_taps(t_spec, s_spec)
+    plans = plan_pruning(teacher, t_spec, s_spec, pairs)
+    widths = {t.name: t.channels for t in s_spec.taps}
+    assert [(p.teacher_tap, len(p.keep)) for p in plans] == [(t, widths[s]) for t, s in pairs]
+    assert all(p.producer is not None and p.importance.abs().sum() > 0 for p in plans)

@@ -26,7 +26,8 @@ def _is_conv(m: nn.Module) -> bool:
 
 
 def find_producers(model: nn.Module, spec: ModelSpec, taps: Sequence[str]) -> dict[str, str]:
-    """For each tap, the last conv run at or before the tap's output with as many output channels.
+    """For each tap, the last conv (or, in a token model, linear layer) run at or before the tap's output with as
+    many output channels.
 
     One eval-mode forward with hooks records the order in which convs finish and the position of
     each tap's (last) output; the tap's channels come from a conv at or before that position.
@@ -38,8 +39,8 @@ def find_producers(model: nn.Module, spec: ModelSpec, taps: Sequence[str]) -> di
     marks: dict[str, tuple[int, int]] = {}
     layouts = getattr(model, "tap_layouts", None) or {}
     handles = []
-    for name, m in model.named_modules():
-        if _is_conv(m):
+    for name, m in model.named_modules():  # a token model's channels also come from linear layers
+        if _is_conv(m) or (layouts and isinstance(m, nn.Linear)):
             handles.append(m.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name)))
     for tap in taps:
         mod, is_input, _ = resolve(model, tap)
@@ -72,8 +73,7 @@ def find_producers(model: nn.Module, spec: ModelSpec, taps: Sequence[str]) -> di
             raise BadInput(f"tap '{tap}' never runs in the model's forward pass")
         pos, channels = marks[tap]
         for name in reversed(order[:pos]):
-            m = mods[name]
-            if int(m.out_channels) == channels:
+            if out_channels(mods[name]) == channels:
                 found[tap] = name
                 break
     return found
