@@ -4,6 +4,8 @@ Two tasks (`--task`):
   kd   KD resnet56 -> resnet20 (3x32x32 synthetic images, batch 128; the default);
   ce   CE training of cnn3-w0.5 on the embedded Fashion-MNIST subset (served at 32x32, batch 128):
        the smallest step the tool runs, where the engine's own per-step work weighs the most.
+       `--ce-model` trains another model the same way, e.g. a ViT-tiny student at 32 px:
+       `--task ce --ce-model timm:vit_tiny_patch16_224,patch_size=4` (the issue's >= 0.9x bar: ours/bare).
 
 Three ways to run one knowledge-distillation step (teacher resnet56 frozen, student resnet20,
 loss 0.1 * CE + 0.9 * T^2 KL at T = 4, SGD with momentum, random crop (pad 4) + flip):
@@ -34,7 +36,7 @@ machine slows them alike; the summary is the median of the per-round ratios. Pea
 per engine in a child process (CPU: the child's max RSS, which includes ~0.7 GB for importing torch;
 CUDA: the allocator's peak), plus one `indistill distill` CLI run for the whole command's peak.
 
-    python benchmarks/throughput.py [--task kd|ce] [--device cpu|cuda] [--rounds 7] [--batches 5] [--threads 2]
+    python benchmarks/throughput.py [--task kd|ce] [--ce-model NAME] [--device cpu|cuda] [--rounds 7] [--batches 5]
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ try:
 except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(ROOT))
 
-from indistill_cli.models import make_spec  # noqa: E402
+from indistill_cli.models import DataShape, create_model  # noqa: E402
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.289, 0.289, 0.289]  # what synthetic:3x32x32 declares
 T, CE_W, KD_W, LR, MOMENTUM, WD = 4.0, 0.1, 0.9, 0.05, 0.9, 5e-4
@@ -75,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=5, help="timed steps per engine per round (kd)")
     p.add_argument("--ce-data", default="fashion-mnist-mini",
                    help="the dataset of --task ce (its whole training split is one epoch of every engine)")
+    p.add_argument("--ce-model", default=CE_MODEL,
+                   help="the model of --task ce (any name `indistill train` takes, e.g. a timm ViT)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--engines", default="ours,bare,torchdistill",
@@ -89,8 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _models(device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, Any]]:
-    t_spec, teacher = make_spec("resnet56", 3, 10, (32, 32), {"mean": MEAN, "std": STD})
-    _, student = make_spec("resnet20", 3, 10, (32, 32), {"mean": MEAN, "std": STD})
+    t_spec, teacher = create_model("resnet56", DataShape(3, 10, (32, 32), MEAN, STD))
+    _, student = create_model("resnet20", DataShape(3, 10, (32, 32), MEAN, STD))
     return teacher.to(device), student.to(device), t_spec
 
 
@@ -153,7 +157,7 @@ class Ours:
         opts = RunOptions(data=a.ce_data, val_fraction=0.0, batch_size=a.batch_size, device=self.device.type,
                           seed=self.round, save_every=0, **self.extra)
         self.round += 1
-        s = run_train(CE_MODEL, str(self.work / "ce.safetensors"), 2, OptimConfig("sgd", LR, MOMENTUM, WD,
+        s = run_train(a.ce_model, str(self.work / "ce.safetensors"), 2, OptimConfig("sgd", LR, MOMENTUM, WD,
                       schedule="none"), opts, force=True, save_last=False)
         return float(s["epochs"][1]["img_per_s"])
 
@@ -229,8 +233,7 @@ class BareCE:
         info = ds.info
         self.images = fit_size(ds.train.images, tuple(info.image_size)).to(device)  # zero padding, once
         self.labels = ds.train.labels.to(device)
-        _, self.model = make_spec(CE_MODEL, info.in_channels, info.num_classes, tuple(info.image_size),
-                                  {"mean": info.mean, "std": info.std})
+        _, self.model = create_model(args.ce_model, DataShape(info.in_channels, info.num_classes, tuple(info.image_size), info.mean, info.std))
         self.model.to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
         self.mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1)
@@ -397,7 +400,8 @@ def _child_env(args: argparse.Namespace) -> dict[str, str]:
 def memory_runs(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     base = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--batches", str(args.batches),
-            "--batch-size", str(args.batch_size), "--task", args.task, "--ce-data", args.ce_data]
+            "--batch-size", str(args.batch_size), "--task", args.task, "--ce-data", args.ce_data,
+            "--ce-model", args.ce_model]
     if args.threads:
         base += ["--threads", str(args.threads)]
     if args.td_workers is not None:
@@ -420,7 +424,7 @@ def _cli_run(args: argparse.Namespace) -> dict[str, Any]:
     process of its own: its peak memory and img/s."""
     if args.task == "ce":
         with tempfile.TemporaryDirectory() as work:
-            cmd = [sys.executable, "-m", "indistill_cli", "train", CE_MODEL, "--data", args.ce_data, "--epochs", "1",
+            cmd = [sys.executable, "-m", "indistill_cli", "train", args.ce_model, "--data", args.ce_data, "--epochs", "1",
                    "--batch-size", str(args.batch_size), "--device", args.device, "-o",
                    str(Path(work) / "m.safetensors"), "--json", "--quiet"]
             p = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(args), cwd=ROOT)
@@ -466,7 +470,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         names.remove("torchdistill")
         skipped.append("torchdistill (not installed: pip install -e '.[bench]')")
     log = sys.stderr
-    what = (f"CE {CE_MODEL} on {args.ce_data}" if args.task == "ce" else "KD resnet56 -> resnet20, 3x32x32")
+    what = (f"CE {args.ce_model} on {args.ce_data}" if args.task == "ce" else "KD resnet56 -> resnet20, 3x32x32")
     print(f"{what}, batch {args.batch_size}, {args.device}"
           f"{f' x{torch.get_num_threads()} threads' if device.type == 'cpu' else ''}, torch {torch.__version__}; "
           f"{args.rounds} rounds x {args.batches} batches", file=log)

@@ -196,6 +196,25 @@ def assert_one_line_error(code: int, stderr: str, *needles: str, exit_code: int 
     return line
 
 
+def forge_spec(data: bytes, spec: Any) -> bytes:
+    """A checkpoint's bytes with its spec metadata replaced by `spec` (any JSON, a forgery) and the checksum
+    recomputed, so only the spec is wrong: what a reader must refuse in one line."""
+    import struct
+
+    from indistill_cli.io import checkpoint as C
+
+    (n,) = struct.unpack("<Q", data[:8])
+    header, body = json.loads(data[8 : 8 + n]), data[8 + n :]
+    meta = header["__metadata__"]
+    meta["spec"] = json.dumps(spec, sort_keys=True)
+    from safetensors.torch import load
+
+    meta["checksum"] = C._tensor_digest(load(data), meta)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + body
+
+
 @dataclass(frozen=True)
 class TrainedModel:
     """A checkpoint trained once per session. `path` is read-only for tests; `summary` is train's --json."""

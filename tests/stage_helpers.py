@@ -13,7 +13,7 @@ import torch
 from conftest import invoke, suite_seed
 
 from indistill_cli.io.history import write_model
-from indistill_cli.models import make_spec
+from indistill_cli.models import create_model
 
 DATA = "fashion-mnist-mini"
 SEED = ("--seed", str(suite_seed()))  # the CLI's seed in trained-quantity tests ($INDISTILL_TEST_SEED, default 0)
@@ -86,8 +86,7 @@ def build_quick_teacher(name: str, steps: int):
 
         s = open_session(RunOptions(data=DATA, val_fraction=0.05, batch_size=64, seed=suite_seed()))
         info = s.ds.info
-        spec, model = make_spec(name, info.in_channels, info.num_classes, info.image_size,
-                                {"mean": info.mean, "std": info.std})
+        spec, model = create_model(name, info.shape)
         opt = torch.optim.Adam(model.parameters(), 3e-3)
         model.train()
         for i, b in enumerate(s.train_loader(spec)):

@@ -30,10 +30,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _fresh(path: Path, arch: str, classes: int = 10, channels: int = 1, size: int = 28, seed: int = 0) -> Path:
     """An untrained model checkpoint (error paths need a valid file, not a good model)."""
     from indistill_cli.io.history import write_model
-    from indistill_cli.models import make_spec
+    from indistill_cli.models import DataShape, create_model
 
     torch.manual_seed(seed)
-    spec, model = make_spec(arch, channels, classes, (size, size), {"mean": [0.5] * channels, "std": [0.25] * channels})
+    spec, model = create_model(arch, DataShape(channels, classes, (size, size), [0.5] * channels, [0.25] * channels))
     write_model(str(path), {k: v.detach() for k, v in model.state_dict().items()}, spec, [],
                 {"dataset": {"name": "fashion-mnist-mini"}})
     return path

@@ -15,13 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, cli_env
+from conftest import assert_one_line_error, cli_env, forge_spec
 
 from indistill_cli.io import atomic as A
 from indistill_cli.io import checkpoint as C
-from indistill_cli.errors import BadInput, IndistillError, RunFailure
+from indistill_cli.errors import BadInput, RunFailure
+from indistill_cli.io.spec import ModelSpec
 
 TINY = ("--data", "synthetic:1x28x28:10:160", "--epochs", "1", "--batch-size", "32")
+OLD = Path(__file__).resolve().parent / "data" / "pre-modelspec"
+TINY_SPEC = ModelSpec.from_dict({"arch": "x", "in_channels": 1, "num_classes": 2, "input_size": [4, 4], "taps": [],
+                                 "embedding": {"name": "e", "dim": 1}})  # the file format only: never built
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -110,7 +114,7 @@ def test_last_epoch_file_is_written_beside_the_best(trained_cnn3):
 def test_extras_round_trip_under_their_prefix():
     state = {"w": torch.arange(6, dtype=torch.float32).view(2, 3)}
     extras = {"kept.layer1": torch.tensor([0, 3, 5]), "mask": torch.tensor([True, False])}
-    ck = C.Checkpoint("pruned-teacher", {"arch": "x"}, state, extras, [{"stage": "prune"}], {"pruning": {"a": 1}})
+    ck = C.Checkpoint("pruned-teacher", TINY_SPEC, state, extras, [{"stage": "prune"}], {"pruning": {"a": 1}})
     back = C.from_bytes(C.to_bytes(ck), "mem")
     assert back.role == "pruned-teacher" and back.stage_names() == ["prune"]
     assert_same_tensors(back.state, state)
@@ -129,7 +133,7 @@ def test_pipe_train_to_inspect(tmp_path):
     ck = C.from_bytes(data, "stream")  # the whole stream is one valid checkpoint, nothing mixed in
     report = json.loads(p.stdout)
     assert report["path"] == "stdin" and report["sha256"] == hashlib.sha256(data).hexdigest()
-    assert report["model"] == "cnn3-w0.5" and report["spec"] == ck.spec
+    assert report["model"] == "cnn3-w0.5" and report["spec"] == ck.spec.to_dict()
     assert [h["stage"] for h in report["history"]] == ["train"]
     assert report["history"][0]["options"]["data"] == "synthetic:1x28x28:10:160"
     assert report["parameters"] == sum(t.numel() for k, t in ck.state.items()
@@ -181,7 +185,7 @@ def test_terminals_are_refused(monkeypatch):
     with pytest.raises(BadInput, match="stdin is a terminal"):
         C.read_source("-")
     monkeypatch.setattr(sys, "stdout", tty)
-    ck = C.Checkpoint("model", {}, {"w": torch.zeros(1)})
+    ck = C.Checkpoint("model", TINY_SPEC, {"w": torch.zeros(1)})
     with pytest.raises(BadInput, match="refusing to write a binary checkpoint to a terminal"):
         C.save_checkpoint(ck, "-")
 
@@ -291,7 +295,7 @@ def _ck(trained_cnn3):
 
 
 SPEC_CASES = {
-    "unknown-arch": (lambda ck: {"spec": {**ck.spec, "arch": "cnn4"}},
+    "unknown-arch": (lambda ck: {"spec": {**ck.spec.to_dict(), "arch": "cnn4"}},
                      ["unknown architecture 'cnn4'", "did you mean 'cnn3'"]),
     "dropped-tensor": (lambda ck: {"state": {k: v for k, v in ck.state.items() if k != "block2.0.bias"}},
                        ["weights do not match the model spec", "1 missing (e.g. block2.0.bias)"]),
@@ -301,35 +305,70 @@ SPEC_CASES = {
                      ["1 unexpected (e.g. block9.weight)"]),
     "wrong-dtype": (lambda ck: {"state": {**ck.state, "block1.1.num_batches_tracked": torch.zeros((), dtype=torch.float32)}},
                     ["wrong dtype (e.g. block1.1.num_batches_tracked)"]),
-    "spec-wider-than-weights": (lambda ck: {"spec": {**ck.spec, "width": 1.0}}, ["wrong shape"]),
-    "spec-without-taps": (lambda ck: {"spec": {k: v for k, v in ck.spec.items() if k != "taps"}},
+    "spec-wider-than-weights": (lambda ck: {"spec": {**ck.spec.to_dict(), "width": 1.0}}, ["wrong shape"]),
+    "spec-without-taps": (lambda ck: {"spec": {k: v for k, v in ck.spec.to_dict().items() if k != "taps"}},
                           ["model spec lacks 'taps'"]),
-    "spec-without-classes": (lambda ck: {"spec": {k: v for k, v in ck.spec.items() if k != "num_classes"}},
+    "spec-without-classes": (lambda ck: {"spec": {k: v for k, v in ck.spec.to_dict().items() if k != "num_classes"}},
                              ["model spec lacks 'num_classes'"]),
-    "spec-unbuildable": (lambda ck: {"spec": {**ck.spec, "input_size": [8, 8]}}, ["cnn3 needs inputs of at least 22"]),
+    "spec-unbuildable": (lambda ck: {"spec": {**ck.spec.to_dict(), "input_size": [8, 8]}},
+                         ["cnn3 needs inputs of at least 22"]),
 }
+INVALID_SPECS = ("spec-without-taps", "spec-without-classes")  # refused when the file is read, not when built
 
 
 @pytest.mark.parametrize("case", sorted(SPEC_CASES))
 def test_spec_and_weights_must_agree(case, trained_cnn3, tmp_path, cli):
     change, needles = SPEC_CASES[case]
     bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(with_checkpoint(trained_cnn3.read_bytes(), **change(_ck(trained_cnn3))))
-    C.load_checkpoint(bad)  # the file itself is valid: checksum recomputed, only the model is wrong
+    edit = change(_ck(trained_cnn3))
+    data = trained_cnn3.read_bytes()
+    bad.write_bytes(forge_spec(data, edit["spec"]) if "spec" in edit else with_checkpoint(data, **edit))
+    if case in INVALID_SPECS:  # the typed spec is validated as the checkpoint is read
+        with pytest.raises(BadInput, match=needles[0]):
+            C.load_checkpoint(bad)
+    else:
+        C.load_checkpoint(bad)  # the file itself is valid: checksum recomputed, only the model is wrong
     code, out, err = cli("evaluate", str(bad), "--data", "synthetic:1x28x28:10:40")
     line = assert_one_line_error(code, err, *needles)
     assert str(bad) in line and out == b""
 
 
-def test_inspect_survives_an_odd_spec(trained_cnn3, tmp_path, cli):
-    """inspect shows what is there even when the spec lacks fields a model needs."""
-    ck = _ck(trained_cnn3)
+def test_inspect_names_what_an_odd_spec_lacks(trained_cnn3, tmp_path, cli):
+    """A spec without the fields a model needs is refused as the file is read, in one line naming the field."""
     odd = tmp_path / "odd.safetensors"
-    odd.write_bytes(with_checkpoint(trained_cnn3.read_bytes(), spec={"note": "no arch"}))
+    odd.write_bytes(forge_spec(trained_cnn3.read_bytes(), {"note": "no arch"}))
     code, out, err = cli("inspect", str(odd), "--json")
-    assert code == 0, err
-    report = json.loads(out)
-    assert report["spec"] == {"note": "no arch"} and report["tensors"] == len(ck.state)
+    assert_one_line_error(code, err, "odd.safetensors: model spec lacks 'arch'")
+    assert out == b""
+
+
+def test_a_checkpoint_written_before_the_typed_spec_loads_unchanged(tmp_path, cli):
+    """Checkpoints written by indistill before ModelSpec existed (tests/data/pre-modelspec, made at 8b71af2) load,
+    build and evaluate; their spec reads back to the very JSON they hold, so rewriting one keeps its checksum."""
+    from indistill_cli.models import create_model
+
+    # test-split top-1 and loss that `indistill evaluate` printed for them at 8b71af2
+    before = {"cnn3-w0.25.safetensors": (0.6695, 0.8804698333740234),
+              "cnn3-w0.25-chained.safetensors": (0.199, 2.8654693908691407)}
+    for name, (top1, loss) in before.items():
+        path = OLD / name
+        data = path.read_bytes()
+        n = struct.unpack("<Q", data[:8])[0]
+        raw = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["spec"])
+        ck = C.load_checkpoint(path)
+        assert ck.spec.to_dict() == raw
+        again = C.to_bytes(ck)  # the same spec, history and tensors serialise to the same metadata and checksum
+        assert split_file(again)[1]["__metadata__"] == split_file(data)[1]["__metadata__"]
+        create_model(ck)  # weights load strictly (the chained one replays its structural plan)
+        code, out, err = cli("evaluate", str(path), "--data", "fashion-mnist-mini", "--json", "-q")
+        assert code == 0, err
+        got = json.loads(out)
+        assert (got["top1"], got["loss"]) == (top1, pytest.approx(loss, rel=1e-6))
+    for line in (OLD / "specs.jsonl").read_text().splitlines():  # timm / torchvision / native specs of that time
+        raw = json.loads(line)
+        spec = ModelSpec.from_dict(raw)
+        assert spec.to_dict() == raw
+        assert create_model(spec).spec == spec
 
 
 def test_checkpoint_for_other_data_is_refused(trained_cnn3, cli):

@@ -349,7 +349,7 @@ def test_imagefolder_trains_one_epoch_via_cli(tmp_path, run_cli):
     from indistill_cli.io.checkpoint import load_checkpoint
 
     ck = load_checkpoint(out)
-    assert ck.spec["in_channels"] == 3 and ck.spec["input_size"] == [32, 32] and ck.spec["num_classes"] == 2
+    assert ck.spec.in_channels == 3 and ck.spec.input_size == (32, 32) and ck.spec.num_classes == 2
     assert ck.info["dataset"]["classes"] == ["cat", "dog"]
     assert ck.history[0]["data"] == f"imagefolder:{tmp_path / 'imgs'}"
 

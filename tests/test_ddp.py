@@ -104,15 +104,14 @@ PKT_NO_CE = ("-m", "pkt", "--ce", "0", "--data", "fashion-mnist-mini", "--epochs
 def _untrained_val_map(arch: str, seed: int) -> float:
     """Validation mAP (the metric --ce 0 runs select on) of the student a run with this seed starts from."""
     from indistill_cli.metrics import classify
-    from indistill_cli.models import make_spec
+    from indistill_cli.models import create_model
     from indistill_cli.stages.options import RunOptions
     from indistill_cli.stages.session import open_session
 
     s = open_session(RunOptions(data="fashion-mnist-mini"))
     info = s.ds.info
-    spec, model = make_spec(arch, info.in_channels, info.num_classes, info.image_size,
-                            {"mean": info.mean, "std": info.std}, seed=seed)
-    return classify(model, s.eval_loader("val", spec), s.rt, info.num_classes, spec["embedding"]["name"])["map"]
+    spec, model = create_model(arch, info.shape, seed)
+    return classify(model, s.eval_loader("val", spec), s.rt, info.num_classes, spec.embedding.name)["map"]
 
 
 def test_torchrun_distill_without_ce_trains_like_one_process(tmp_path, trained_cnn3, cli):
@@ -332,11 +331,11 @@ def test_warmup_phases_under_ddp_equal_one_process(two_ranks, one_rank):
 def _distiller(method: str, ce: float):
     """A real Distiller (cnn3-w0.5 teacher, cnn3-w0.25 student at 24x24) with one method at weight 1."""
     from indistill_cli import losses
-    from indistill_cli.models import make_spec
+    from indistill_cli.models import DataShape, create_model
     from indistill_cli.stages.distiller import Distiller, MethodSpec, feature_shapes, method_pairs, vector_flags
 
-    t_spec, teacher = make_spec("cnn3-w0.5", 1, 10, (24, 24), seed=1)
-    s_spec, student = make_spec("cnn3-w0.25", 1, 10, (24, 24), seed=2)
+    t_spec, teacher = create_model("cnn3-w0.5", DataShape(1, 10, (24, 24)), 1)
+    s_spec, student = create_model("cnn3-w0.25", DataShape(1, 10, (24, 24)), 2)
     cls = losses.get(method)
     pairs = method_pairs(cls.uses, t_spec, s_spec, [], None, cls.preact, cls.with_embedding)
     vec, x = vector_flags(cls, len(pairs)), torch.zeros(2, 1, 24, 24)

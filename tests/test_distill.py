@@ -21,8 +21,7 @@ import torch
 from indistill_cli import losses
 from indistill_cli.io.checkpoint import load_checkpoint
 from indistill_cli.io.history import write_model
-from indistill_cli.models import make_spec
-from indistill_cli.pruning.rebuild import model_from_checkpoint
+from indistill_cli.models import DataShape, create_model
 
 from stage_helpers import (  # noqa: F401 - fixtures
     DATA, SEED, _bad, _ok, _shared_file, build_cnn3_teacher, build_quick_teacher, _prune, info, teacher,
@@ -48,7 +47,7 @@ def work(tmp_path_factory) -> Path:
 
 
 def _fresh_keys(info) -> set[str]:
-    _, model = make_spec("cnn3-w0.5", info.in_channels, info.num_classes, info.image_size)
+    _, model = create_model("cnn3-w0.5", DataShape(info.in_channels, info.num_classes, info.image_size))
     return set(model.state_dict())
 
 
@@ -62,8 +61,7 @@ def untrained_top1(info) -> float:
 
     s = open_session(RunOptions(data=DATA, val_fraction=0.05, seed=suite_seed()))
     torch.manual_seed(suite_seed())
-    spec, model = make_spec("cnn3-w0.5", info.in_channels, info.num_classes, info.image_size,
-                            {"mean": info.mean, "std": info.std})
+    spec, model = create_model("cnn3-w0.5", info.shape)
     top1 = classify(model, s.eval_loader("val", spec), s.rt, info.num_classes)["top1"]
     assert top1 < 0.3
     return top1
@@ -206,7 +204,7 @@ def test_tap_methods_resnet_teacher_to_cnn_student(tmp_path_factory, work, recor
 def test_timm_teacher_proportional_pairing(tmp_path_factory, work, record):
     """A timm teacher (5 taps) -> cnn3-w0.5 (3 taps) with kd + at: taps pair proportionally."""
     tm = _shared_file(tmp_path_factory, "timm_test_resnet_quick", build_quick_teacher("timm:test_resnet", 15))
-    t_taps = [t["name"] for t in load_checkpoint(tm).spec["taps"]]
+    t_taps = load_checkpoint(tm).spec.tap_names
     assert len(t_taps) == 5
     out = work / "mixed_timm.safetensors"
     summary = _ok("distill", "-t", tm, "-s", "cnn3-w0.5", "-o", out, "-m", "kd", "-m", "at", "--ce", "1.0",
@@ -228,11 +226,10 @@ def test_distiller_never_gives_the_teacher_gradients(teacher, info):
     from indistill_cli.stages.session import open_session
 
     ck = load_checkpoint(teacher)
-    t_model = model_from_checkpoint(ck).eval()  # requires_grad left on: the distiller must keep grads out
+    t_model = create_model(ck).model.eval()  # requires_grad left on: the distiller must keep grads out
     before = {k: v.clone() for k, v in t_model.state_dict().items()}
     torch.manual_seed(0)
-    s_spec, student = make_spec("cnn3-w0.5", info.in_channels, info.num_classes, info.image_size,
-                                {"mean": info.mean, "std": info.std})
+    s_spec, student = create_model("cnn3-w0.5", info.shape)
     specs = [MethodSpec("kd", 0.9, {}), MethodSpec("fitnet", 1.0, {}), MethodSpec("crd", 0.8, {"nce_k": 16})]
     probe = torch.zeros(2, 1, 32, 32)
     pairs, mods = [], []
@@ -289,7 +286,7 @@ def test_bare_name_teacher_says_how_to_get_weights(work):
 
 
 def test_teacher_with_other_classes(work, info):
-    spec, model = make_spec("cnn3", info.in_channels, 5, info.image_size, {"mean": info.mean, "std": info.std})
+    spec, model = create_model("cnn3", DataShape(info.in_channels, 5, info.image_size, info.mean, info.std))
     d = info.as_dict() | {"num_classes": 5}
     path = work / "five_classes.safetensors"
     write_model(str(path), {k: v.detach() for k, v in model.state_dict().items()}, spec, [], {"dataset": d})

@@ -19,10 +19,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _fresh(path: Path, arch: str, channels: int = 1, size: int = 32, classes: int = 10) -> Path:
     """An untrained checkpoint of `arch` for fashion-mnist-mini's shape (parity needs real, not trained, weights)."""
     from indistill_cli.io.history import write_model
-    from indistill_cli.models import make_spec
+    from indistill_cli.models import DataShape, create_model
 
     torch.manual_seed(0)
-    spec, model = make_spec(arch, channels, classes, (size, size), {"mean": [0.286], "std": [0.353]})
+    spec, model = create_model(arch, DataShape(channels, classes, (size, size), [0.286], [0.353]))
     write_model(str(path), {k: v.detach() for k, v in model.state_dict().items()}, spec, [],
                 {"dataset": {"name": "fashion-mnist-mini", "mean": [0.286], "std": [0.353],
                              "classes": [str(i) for i in range(classes)]}})
@@ -40,11 +40,11 @@ def models(tmp_path_factory) -> dict[str, Path]:
 def _eager(ckpt: Path, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
     from indistill_cli.io.checkpoint import load_checkpoint
     from indistill_cli.models.taps import TapSet, as_vector
-    from indistill_cli.pruning.rebuild import model_from_checkpoint
+    from indistill_cli.models import create_model
 
     ck = load_checkpoint(ckpt)
-    model = model_from_checkpoint(ck).eval()
-    tap = ck.spec["embedding"]["name"]
+    model = create_model(ck).model.eval()
+    tap = ck.spec.embedding.name
     with torch.no_grad(), TapSet(model, [tap]) as taps:
         y = model(x)
         return y if output == "logits" else as_vector(taps.out[tap])
@@ -57,7 +57,7 @@ def _batch(ckpt: Path, n: int) -> torch.Tensor:
 
     spec = load_checkpoint(ckpt).spec
     ds = load_dataset("fashion-mnist-mini", 0.0)
-    loader = make_loader(ds.test, ds.info, n, model_channels=spec["in_channels"], model_size=tuple(spec["input_size"]))
+    loader = make_loader(ds.test, ds.info, n, model_channels=spec.in_channels, model_size=spec.input_size)
     return next(iter(loader)).x.contiguous()
 
 
@@ -161,9 +161,10 @@ def test_bad_inputs_are_one_line_and_write_nothing(trained_cnn3, models, tmp_pat
              ((str(adapters), "-o", str(out)), "is a KD adapters sidecar"),
              ((str(tmp_path / "nope.safetensors"), "-o", str(out)), "checkpoint not found"),
              ((ck, "-o", str(existing)), "exists; pass --force"),
-             ((ck, "-o", str(tmp_path / "m.bin")), "name it .onnx or .pt2, or give --format"),
-             ((ck, "-o", str(out), "--format", "tflite"), "--format must be auto, onnx or torch-export"),
+             ((ck, "-o", str(tmp_path / "m.bin")), "name it .onnx, .pt2 or .safetensors (a plain state dict), or give --format"),
+             ((ck, "-o", str(out), "--format", "tflite"), "--format must be auto, onnx, torch-export or state-dict"),
              ((ck, "-o", str(out), "--output", "features"), "--output must be logits or embedding"),
+             ((ck, "-o", str(tmp_path / "w.safetensors"), "--output", "embedding"), "--format state-dict writes"),
              ((ck, "-o", str(out), "--tolerance", "0"), "--tolerance must be a positive number"),
              ((ck, "-o", str(out), "--parity-images", "0"), "--parity-images must be in 1..4096")]
     for args, needle in cases:
@@ -179,15 +180,15 @@ def test_an_unsupported_op_is_one_line(trained_cnn3, tmp_path, cli, monkeypatch)
     """An op neither ONNX exporter knows (the TorchScript one's C++ graph dump kept off stdout)."""
     from indistill_cli.stages import export as stage
 
-    build = stage.model_from_checkpoint
+    build = stage.create_model
 
     def odd(ck):
-        model = build(ck)
-        forward = model.forward
-        model.forward = lambda x: forward(x) + torch.special.bessel_j0(x).mean()
-        return model
+        built = build(ck)
+        forward = built.model.forward
+        built.model.forward = lambda x: forward(x) + torch.special.bessel_j0(x).mean()
+        return built
 
-    monkeypatch.setattr(stage, "model_from_checkpoint", odd)
+    monkeypatch.setattr(stage, "create_model", odd)
     out = tmp_path / "m.onnx"
     code, stdout, err = cli("export", str(trained_cnn3.path), "-o", str(out), "-q")
     assert_one_line_error(code, err, "cannot export to ONNX", "special_bessel_j0")
@@ -206,9 +207,9 @@ def test_onnx_without_the_extra_names_the_pip_command(trained_cnn3, tmp_path, cl
 
 def test_parity_on_random_inputs_when_the_dataset_is_not_here(tmp_path, cli):
     from indistill_cli.io.history import write_model
-    from indistill_cli.models import make_spec
+    from indistill_cli.models import DataShape, create_model
 
-    spec, model = make_spec("cnn3-w0.5", 3, 10, (32, 32), {"mean": [0.5] * 3, "std": [0.25] * 3})
+    spec, model = create_model("cnn3-w0.5", DataShape(3, 10, (32, 32), [0.5] * 3, [0.25] * 3))
     ck = tmp_path / "c.safetensors"
     write_model(str(ck), model.state_dict(), spec, [], {"dataset": {"name": "imagefolder:/nowhere"}})
     code, stdout, err = cli("export", str(ck), "-o", str(tmp_path / "c.onnx"), "--json")

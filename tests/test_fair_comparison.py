@@ -163,15 +163,15 @@ def test_28x28_sets_are_served_zero_padded_at_32() -> None:
 
 
 def test_cnn3_sees_the_whole_image_at_32_and_a_corner_at_28() -> None:
-    from indistill_cli.models import make_spec
+    from indistill_cli.models import DataShape, create_model
     from indistill_cli.models.coverage import describe
 
-    spec, model = make_spec("cnn3-w0.5", 1, 10, (32, 32))
-    assert [t["size"] for t in spec["taps"]] == [[15, 15], [6, 6], [2, 2]]  # the paper's taps
+    spec, model = create_model("cnn3-w0.5", DataShape(1, 10, (32, 32)))
+    assert [list(t.size) for t in spec.taps] == [[15, 15], [6, 6], [2, 2]]  # the paper's taps
     d = describe(model, spec, (28, 28))
     assert d["rows"] == [0, 29] and d["cols"] == [0, 29] and d["fraction"] == 1.0
-    spec, model = make_spec("cnn3-w0.5", 1, 10, (28, 28))
-    assert [t["size"] for t in spec["taps"]] == [[13, 13], [5, 5], [1, 1]]
+    spec, model = create_model("cnn3-w0.5", DataShape(1, 10, (28, 28)))
+    assert [list(t.size) for t in spec.taps] == [[13, 13], [5, 5], [1, 1]]
     d = describe(model, spec, (28, 28))
     assert d["image_pixels_seen"] == [22, 22] and d["fraction"] == pytest.approx(22 * 22 / 28 / 28)
     assert "only 22x22 of the 28x28 image" in d["text"]
@@ -181,10 +181,10 @@ def test_the_receptive_field_probe_runs_on_a_cpu_fp32_copy_never_on_the_model() 
     """The NaN probe is exact only with direct convolutions (a GPU's Winograd/FFT kernels spread a NaN over
     a tile), so it runs on an fp32 CPU copy: the model's own forward is never called, and its dtype,
     layout, mode and weights stay as they were (a bf16 channels_last model in training mode here)."""
-    from indistill_cli.models import make_spec
+    from indistill_cli.models import DataShape, create_model
     from indistill_cli.models.coverage import describe
 
-    spec, model = make_spec("cnn3-w0.5", 1, 10, (28, 28))
+    spec, model = create_model("cnn3-w0.5", DataShape(1, 10, (28, 28)))
     model = model.to(torch.bfloat16).to(memory_format=torch.channels_last).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params = [id(p) for p in model.parameters()]
@@ -233,7 +233,7 @@ def test_a_plan_split_in_two_runs_equals_one_run() -> None:
     """Two fits that hand the optimiser state over (epochs 1-2, then 3 of a 3-epoch plan) give bitwise the
     weights of one 3-epoch fit: the continuation loses nothing (Adam moments, step count, lr, data order)."""
     from indistill_cli.data import Split, TensorLoader, load_dataset
-    from indistill_cli.models import make_spec
+    from indistill_cli.models import DataShape, create_model
     from indistill_cli.engine.runtime import resolve_runtime
 
     info = load_dataset(DATA).info
@@ -248,9 +248,9 @@ def test_a_plan_split_in_two_runs_equals_one_run() -> None:
         step = lambda b, e: {"loss": torch.nn.functional.cross_entropy(model(b.x), b.y)}  # noqa: E731
         return Engine(rt, cfg, epochs).fit(model, model, step, loader, opt_state=state)
 
-    one = make_spec("cnn3-w0.5", 1, 10, (32, 32), seed=0)[1]
+    one = create_model("cnn3-w0.5", DataShape(1, 10, (32, 32)), seed=0)[1]
     fit(one, 3)
-    two = make_spec("cnn3-w0.5", 1, 10, (32, 32), seed=0)[1]
+    two = create_model("cnn3-w0.5", DataShape(1, 10, (32, 32)), seed=0)[1]
     first = fit(two, 2)
     assert float(first.optimizer_state["block1.0.weight"]["step"]) == 2 * 5
     second = fit(two, 1, offset=2, state=first.optimizer_state)
@@ -266,9 +266,9 @@ def test_warmup_plan_continues_into_distill(teacher, pruned, tmp_path) -> None: 
 
     state, plan, done = load_plan(w["plan"], w["sha256"])
     assert done == 3 and plan["plan_epochs"] == 5 and plan["milestones"] == [4]
-    from indistill_cli.models import make_spec
+    from indistill_cli.models import DataShape, create_model
 
-    names = {n for n, _ in make_spec("cnn3-w0.5", 1, 10, (32, 32))[1].named_parameters()}
+    names = {n for n, _ in create_model("cnn3-w0.5", DataShape(1, 10, (32, 32)))[1].named_parameters()}
     tapped = {n for n in names if n.startswith("block")}  # the warmup reaches the blocks, never embed/fc
     assert tapped <= set(state) <= names
     assert float(state["block1.0.weight"]["step"]) == 3 * (9000 // 128)  # 3 epochs of 70 full batches

@@ -97,9 +97,9 @@ def test_mixed_sizes_default_to_224_and_a_folder_over_budget_streams(tmp_path, c
 
 def _fresh_rgb(tmp_path: Path) -> str:
     from indistill_cli.io.history import write_model
-    from indistill_cli.models import make_spec
+    from indistill_cli.models import DataShape, create_model
 
-    spec, model = make_spec("cnn3-w0.5", 3, 2, (32, 32))
+    spec, model = create_model("cnn3-w0.5", DataShape(3, 2, (32, 32)))
     write_model(str(tmp_path / "rgb.safetensors"), model.state_dict(), spec, [], {"dataset": {"name": "x"}})
     return str(tmp_path / "rgb.safetensors")
 

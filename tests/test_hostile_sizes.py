@@ -21,10 +21,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _forged(meta_edit: dict[str, str]) -> bytes:
     """A real checkpoint whose metadata fields are replaced (with a valid checksum over the forgery)."""
-    from indistill_cli.models import make_spec
+    from indistill_cli.models import DataShape, create_model
 
     torch.manual_seed(0)
-    spec, model = make_spec("cnn3-w0.5", 1, 10, (28, 28), {"mean": [0.286], "std": [0.353]})
+    spec, model = create_model("cnn3-w0.5", DataShape(1, 10, (28, 28), [0.286], [0.353]))
     data = C.to_bytes(C.Checkpoint("model", spec, {k: v.detach() for k, v in model.state_dict().items()}))
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8 : 8 + n])
@@ -98,14 +98,13 @@ def test_a_batch_that_cannot_fit_is_refused_before_training(tmp_path, cli, monke
 
 
 def test_footprint_of_a_model_is_measured_without_allocating():
-    from indistill_cli.models import make_spec
+    from indistill_cli.models import DataShape, create_model
     from indistill_cli.models.footprint import activation_bytes
-    from indistill_cli.pruning.rebuild import build
 
-    spec, _ = make_spec("cnn3-w0.5", 1, 10, (32, 32))
-    total, largest = activation_bytes(lambda: build(spec), 1, (32, 32))
+    spec, _ = create_model("cnn3-w0.5", DataShape(1, 10, (32, 32)))
+    total, largest = activation_bytes(lambda: create_model(spec).model, 1, (32, 32))
     assert largest == 4 * 8 * 30 * 30  # conv1's output: 8 channels at 30x30 (unpadded 3x3 conv)
-    big = activation_bytes(lambda: build({**spec, "input_size": [4096, 4096]}), 1, (4096, 4096))
+    big = activation_bytes(lambda: create_model(spec.replace(input_size=(4096, 4096))).model, 1, (4096, 4096))
     assert big is not None and big[0] > 2 * 2**30  # > 2 GiB an image (a 1 GB linear layer too): nothing allocated
 
 

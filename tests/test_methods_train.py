@@ -128,14 +128,14 @@ def test_pre_relu_taps_fail_in_one_line_where_a_model_declares_none(teacher, wor
 
 
 def test_every_native_family_declares_its_pre_activations():
-    from indistill_cli.models import list_models, make_spec
+    from indistill_cli.models import DataShape, create_model, list_models
     from indistill_cli.models.taps import TapSet
 
     for e in list_models():
         if e.name in ("resnet110", "resnet56", "resnet44", "vgg19", "vgg16", "wrn_40_2", "resnet32x4"):
             continue  # the same code as their smaller siblings
-        spec, model = make_spec(f"{e.name}-w0.25", 3, 10, (32, 32))
-        names = [t["name"] for t in spec["taps"]]
+        spec, model = create_model(f"{e.name}-w0.25", DataShape(3, 10, (32, 32)))
+        names = spec.tap_names
         with torch.no_grad(), TapSet(model.eval(), names + [n + ":pre" for n in names]) as ts:
             model(torch.randn(2, 3, 32, 32))
             out = dict(ts.out)

@@ -27,7 +27,7 @@ from indistill_cli.engine import determinism
 from indistill_cli.engine.determinism import first_nondeterministic, probe_backward
 from indistill_cli.engine.runtime import Runtime
 from indistill_cli.errors import BadInput
-from indistill_cli.models import make_spec
+from indistill_cli.models import DataShape, create_model
 from indistill_cli.models.pooling import adaptive_avg_pool2d
 from indistill_cli.models.taps import match_spatial
 
@@ -151,7 +151,7 @@ def test_detector_flags_adaptive_pooling_and_leaves_the_model_alone():
     # global average pooling is ATen's mean (deterministic): our native families pass
     assert _flagged(nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), x) is None
     for arch in ("cnn3-w0.5", "resnet8", "wrn_16_1", "vgg8", "preact_resnet18"):
-        _, model = make_spec(arch, 1, 10, (32, 32))
+        _, model = create_model(arch, DataShape(1, 10, (32, 32)))
         assert _flagged(model, torch.zeros(2, 1, 32, 32)) is None, arch
 
 

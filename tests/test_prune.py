@@ -8,7 +8,7 @@ shared 2-core machine two OpenMP threads are many times slower than one.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,9 +24,9 @@ from indistill_cli import pruning as P
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import load_checkpoint
 from indistill_cli.io.history import write_model
-from indistill_cli.models import make_spec
+from indistill_cli.models import DataShape, ModelSpec, create_model
+from indistill_cli.models.structural import replay_plan
 from indistill_cli.models.taps import TapSet
-from indistill_cli.pruning.rebuild import model_from_checkpoint
 from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
 
 VAL = ["--val-fraction", "0.02"]  # 200 validation images: enough to evaluate, cheap on a CPU
@@ -51,8 +51,7 @@ def _randomise(model: nn.Module, seed: int) -> nn.Module:
 
 
 def _fake_teacher(path, name: str, info, seed: int = 0, classes: int | None = None) -> str:
-    spec, model = make_spec(name, info.in_channels, classes or info.num_classes, info.image_size,
-                            {"mean": info.mean, "std": info.std})
+    spec, model = create_model(name, DataShape(info.in_channels, classes or info.num_classes, info.image_size, info.mean, info.std))
     _randomise(model, seed)
     d = info.as_dict()
     d["num_classes"] = classes or info.num_classes
@@ -89,11 +88,11 @@ def r20_teacher(work, info) -> str:
 
 def _teacher_model(path: str) -> tuple[nn.Module, dict]:
     ck = load_checkpoint(path)
-    return model_from_checkpoint(ck).eval(), ck.spec
+    return create_model(ck).model.eval(), ck.spec
 
 
-def _spec(name: str, info) -> dict:
-    return make_spec(name, info.in_channels, info.num_classes, info.image_size)[0]
+def _spec(name: str, info) -> ModelSpec:
+    return create_model(name, DataShape(info.in_channels, info.num_classes, info.image_size))[0]
 
 
 def _topk_sorted(imp: torch.Tensor, k: int) -> list[int]:
@@ -193,8 +192,8 @@ def test_producers_of_native_and_timm_models(info):
                                                         "layer2.1.conv2"})},
     }
     for name, expect in cases.items():
-        spec, model = make_spec(name, info.in_channels, info.num_classes, info.image_size)
-        assert set(expect) <= {t["name"] for t in spec["taps"]}, (name, spec["taps"])
+        spec, model = create_model(name, DataShape(info.in_channels, info.num_classes, info.image_size))
+        assert set(expect) <= set(spec.tap_names), (name, spec.taps)
         prods = P.find_producers(model, spec, list(expect))
         dg = P.build_graph(model, spec)
         mods = dict(model.named_modules())
@@ -202,7 +201,7 @@ def test_producers_of_native_and_timm_models(info):
             assert prods[tap] == producer, (name, tap)
             g = P.tap_group(dg, model, producer)
             assert set(P.group_producers(dg, g, model)) == group, (name, tap)
-            c = next(t["channels"] for t in spec["taps"] if t["name"] == tap)
+            c = spec.tap(tap).channels
             hand = sum(mods[n].weight.detach().double().abs().flatten(1).sum(1) for n in group)
             torch.testing.assert_close(P.group_importance(dg, g, c, "l1"), hand)
 
@@ -245,8 +244,8 @@ def test_probe_targets_are_the_teachers_activations_at_kept_channels(cnn3_teache
             _ok("prune", teacher_path, "--like", like, "-o", out, *VAL)
         ck = load_checkpoint(out, role="pruned-teacher")
         full, _ = _teacher_model(teacher_path)
-        model = model_from_checkpoint(ck).eval()  # what warmup loads: the full teacher
-        pairs = pairs_from_teacher(ck, ck.info["pruning"]["student_spec"])
+        model = create_model(ck).model.eval()  # what warmup loads: the full teacher
+        pairs = pairs_from_teacher(ck, ModelSpec.from_dict(ck.info["pruning"]["student_spec"]))
         taps = [p.teacher_tap for p in pairs]
         x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(3))
         flow = FlowPair(model, nn.Identity(), pairs)  # the warmup's target path
@@ -277,8 +276,8 @@ def test_chained_cnn3_round_trip(cnn3_teacher, work, info, record):
     pruned.eval()
     x = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(5))
     assert _tap_widths(pruned, ["block1", "block2", "block3"], x) == {"block1": 8, "block2": 16, "block3": 32}
-    assert [t["channels"] for t in pspec["taps"]] == [8, 16, 32]
-    assert pspec["embedding"]["dim"] == 128  # the fc after the last block keeps its width
+    assert [t.channels for t in pspec.taps] == [8, 16, 32]
+    assert pspec.embedding.dim == 128  # the fc after the last block keeps its width
     # the first block has no pruned input: its kept channels are exactly the teacher's
     keep1 = plans[0].keep
     with torch.no_grad(), TapSet(pruned, ["block1"]) as a, TapSet(teacher, ["block1"]) as b:
@@ -288,7 +287,7 @@ def test_chained_cnn3_round_trip(cnn3_teacher, work, info, record):
     # save + load rebuilds the same network (plan replayed, state dict loads strictly)
     path = work / "cnn3_chained_api.safetensors"
     write_model(str(path), pruned.state_dict(), pspec, [], {"pruning": {}}, role="pruned-teacher")
-    again = model_from_checkpoint(load_checkpoint(path)).eval()
+    again = create_model(load_checkpoint(path)).model.eval()
     with torch.no_grad():
         assert torch.equal(again(x), pruned(x))
     # and through the CLI, with fine-tuning
@@ -296,11 +295,11 @@ def test_chained_cnn3_round_trip(cnn3_teacher, work, info, record):
     s = _ok("prune", cnn3_teacher, "--like", "cnn3-w0.5", "-o", out, "--mode", "chained", "--finetune", "1",
             "--batch-size", "256", *VAL, "--seed", str(suite_seed()))
     ck = load_checkpoint(out, role="pruned-teacher")
-    assert ck.spec["structural_prune"][0]["module"] == "block1.0"
-    assert [e["keep"] for e in ck.spec["structural_prune"]] == [p.keep.tolist() for p in plans]
+    assert ck.spec.structural_prune[0]["module"] == "block1.0"
+    assert [e["keep"] for e in ck.spec.structural_prune] == [p.keep.tolist() for p in plans]
     assert s["accuracy"]["finetuned"] == s["accuracy"]["pruned_checkpoint"]
     record("accuracy finetuned", s["accuracy"]["finetuned"], 0.3, ">")
-    rebuilt = model_from_checkpoint(ck)
+    rebuilt = create_model(ck).model
     assert _tap_widths(rebuilt.eval(), ["block1", "block2", "block3"], x) == {"block1": 8, "block2": 16, "block3": 32}
     ev = _ok("evaluate", out, "--split", "val", *VAL)
     assert ev["top1"] == pytest.approx(s["accuracy"]["pruned_checkpoint"])
@@ -313,7 +312,7 @@ def test_chained_resnet20_coupled_residual_channels(r20_teacher, work):
         ("layer1", 16, 8), ("layer2", 32, 16), ("layer3", 64, 32)]
     ck = load_checkpoint(out, role="pruned-teacher")
     teacher, _ = _teacher_model(r20_teacher)
-    pruned = model_from_checkpoint(ck).eval()
+    pruned = create_model(ck).model.eval()
     x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(7))
     assert _tap_widths(pruned, ["layer1", "layer2", "layer3"], x) == {"layer1": 8, "layer2": 16, "layer3": 32}
     k1, k2, k3 = (ck.extras[f"keep/layer{i}"] for i in (1, 2, 3))
@@ -328,7 +327,7 @@ def test_chained_resnet20_coupled_residual_channels(r20_teacher, work):
     assert p["layer1.0.conv1.weight"].shape[0] == 16
     # the rebuilt network is the one pruning made in memory (same plan, same weights)
     spec = load_checkpoint(r20_teacher).spec
-    plans = P.plan_pruning(teacher, spec, ck.info["pruning"]["student_spec"],
+    plans = P.plan_pruning(teacher, spec, ModelSpec.from_dict(ck.info["pruning"]["student_spec"]),
                            P.pruned_pairs(ck.info["pruning"]), "l1", "chained")
     in_memory, pspec = P.chained_model(teacher, spec, plans)
     assert pspec == ck.spec
@@ -339,13 +338,13 @@ def test_chained_resnet20_coupled_residual_channels(r20_teacher, work):
 
 
 def test_structural_plan_errors(info):
-    spec, model = make_spec("cnn3", info.in_channels, info.num_classes, info.image_size)
-    bad = dict(spec, structural_prune=[{"module": "block9.0", "keep": [0], "channels": 16}])
+    spec, model = create_model("cnn3", DataShape(info.in_channels, info.num_classes, info.image_size))
+    bad = spec.replace(structural_prune=[{"module": "block9.0", "keep": [0], "channels": 16}])
     with pytest.raises(BadInput, match="block9.0"):
-        P.apply_structural_plan(model, bad)
-    bad = dict(spec, structural_prune=[{"module": "block1.0", "keep": [3, 1], "channels": 16}])
+        replay_plan(model, bad)
+    bad = spec.replace(structural_prune=[{"module": "block1.0", "keep": [3, 1], "channels": 16}])
     with pytest.raises(BadInput, match="ascending"):
-        P.apply_structural_plan(model, bad)
+        replay_plan(model, bad)
 
 
 # ----------------------------------------------------------------------------- pairing
@@ -355,7 +354,7 @@ def test_pairing_equal_proportional_override(info, capsys):
     small = _spec("cnn3-w0.5", info)
     assert P.pair_taps(cnn, small) == [("block1", "block1"), ("block2", "block2"), ("block3", "block3")]
     pre = _spec("preact_resnet18-w0.25", info)  # 4 taps
-    assert [t["name"] for t in pre["taps"]] == ["layer1", "layer2", "layer3", "relu"]
+    assert pre.tap_names == ["layer1", "layer2", "layer3", "relu"]
     capsys.readouterr()
     assert P.pair_taps(pre, small) == [("layer1", "block1"), ("layer3", "block2"), ("relu", "block3")]
     assert "proportionally" in capsys.readouterr().err
@@ -384,11 +383,10 @@ def test_spatial_and_width_checks(info):
     P.check_pairs(cnn, small, [("block3", "block1")])  # student larger spatially is fine
     with pytest.raises(BadInput, match="fewer than student"):
         P.check_pairs(small, cnn, [("block1", "block1")])
-    odd = json.loads(json.dumps(small))
-    odd["taps"][0]["size"] = [13, 6]
+    odd = small.replace(taps=(dataclasses.replace(small.taps[0], size=(13, 6)), *small.taps[1:]))
     with pytest.raises(BadInput, match="aspect"):
         P.check_pairs(cnn, odd, [("block1", "block1")])
-    odd["taps"][0]["size"] = [0, 0]
+    odd = small.replace(taps=(dataclasses.replace(small.taps[0], size=(0, 0)), *small.taps[1:]))
     with pytest.raises(BadInput, match="empty"):
         P.check_pairs(cnn, odd, [("block1", "block1")])
 

@@ -101,12 +101,11 @@ def fresh_checkpoint(path: Path, arch: str, seed: int = 11) -> Path:
     """An untrained model checkpoint for fashion-mnist-mini (a stand-in teacher: its weights are random)."""
     from indistill_cli.io.history import write_model
     from indistill_cli.data import load_dataset
-    from indistill_cli.models import make_spec
+    from indistill_cli.models import create_model
 
     info = load_dataset("fashion-mnist-mini", 0.05).info
     torch.manual_seed(seed)
-    spec, model = make_spec(arch, info.in_channels, info.num_classes, info.image_size,
-                            {"mean": info.mean, "std": info.std})
+    spec, model = create_model(arch, info.shape)
     write_model(str(path), {k: v.detach() for k, v in model.state_dict().items()}, spec, [],
                 {"dataset": info.as_dict()})
     return path

@@ -20,8 +20,7 @@ import torch.nn.functional as F
 
 from indistill_cli.io.checkpoint import load_checkpoint
 from indistill_cli.io.history import write_model
-from indistill_cli.models import make_spec
-from indistill_cli.pruning.rebuild import model_from_checkpoint
+from indistill_cli.models import create_model
 
 from conftest import suite_seed
 from stage_helpers import (  # noqa: F401 - fixtures
@@ -55,8 +54,7 @@ def trained(tmp_path_factory) -> str:
 def random_model(work, ds) -> str:
     info = ds.info
     torch.manual_seed(suite_seed())
-    spec, model = make_spec("cnn3", info.in_channels, info.num_classes, info.image_size,
-                            {"mean": info.mean, "std": info.std})
+    spec, model = create_model("cnn3", info.shape)
     path = work / "random_cnn3.safetensors"
     write_model(str(path), {k: v.detach() for k, v in model.state_dict().items()}, spec, [],
                 {"dataset": info.as_dict()})
@@ -113,7 +111,7 @@ def test_export_holds_the_embeddings(exported, trained, ds):
     assert ck.info["tap"] == "embed" and ck.info["database"] == "train" and ck.info["queries"] == "test"
     assert ck.info["model_sha256"] == load_checkpoint(trained).sha256
     # database = train split in order with test-time transforms (normalised, no augmentation)
-    model = model_from_checkpoint(load_checkpoint(trained)).eval()
+    model = create_model(load_checkpoint(trained)).model.eval()
     info = ds.info
     for split, key in ((ds.train, "database"), (ds.test, "queries")):
         x = (split.images[:8].float() / 255 - info.mean[0]) / info.std[0]

@@ -13,7 +13,7 @@ import torch
 from conftest import assert_one_line_error, cli_env, suite_seed
 
 from indistill_cli.io.checkpoint import load_checkpoint
-from indistill_cli.pruning.rebuild import model_from_checkpoint
+from indistill_cli.models import create_model
 
 # a short run through the whole training path (shuffle, crop + flip, validation, selection, write)
 SMALL = ("cnn3-w0.5", "--data", "synthetic:1x28x28:10:480", "--batch-size", "48", "--epochs", "2", "--no-last")
@@ -117,10 +117,10 @@ def test_model_from_checkpoint_predicts_like_the_cli(trained_cnn3, record):
     from indistill_cli.data import load_dataset
 
     ck = load_checkpoint(trained_cnn3.path)
-    model = model_from_checkpoint(ck).eval()
+    model = create_model(ck).model.eval()
     ds = load_dataset("fashion-mnist-mini")
-    x = (ds.test.images[:500].float() / 255 - ck.spec["norm"]["mean"][0]) / ck.spec["norm"]["std"][0]
-    x = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-ck.spec["norm"]["mean"][0] / ck.spec["norm"]["std"][0])
+    x = (ds.test.images[:500].float() / 255 - ck.spec.mean[0]) / ck.spec.std[0]
+    x = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-ck.spec.mean[0] / ck.spec.std[0])
     with torch.no_grad():
         acc = (model(x).argmax(1) == ds.test.labels[:500]).float().mean().item()
     record("test top1 (first 500)", acc, 0.5, ">")
@@ -135,8 +135,8 @@ def test_inspect_json(trained_cnn3, cli):
     r = json.loads(out)
     ck = load_checkpoint(trained_cnn3.path)
     assert r["path"] == str(trained_cnn3.path) and r["role"] == "model" and r["model"] == "cnn3-w0.5"
-    assert r["spec"] == ck.spec and r["sha256"] == ck.sha256 and r["extras"] == []
-    assert r["parameters"] == sum(p.numel() for p in model_from_checkpoint(ck).parameters())
+    assert r["spec"] == ck.spec.to_dict() and r["sha256"] == ck.sha256 and r["extras"] == []
+    assert r["parameters"] == sum(p.numel() for p in create_model(ck).model.parameters())
     assert r["tensors"] == len(ck.state)
     assert [h["stage"] for h in r["history"]] == ["train"]
     assert r["history"][0]["metrics"]["val_top1"] == trained_cnn3.summary["val_top1"]

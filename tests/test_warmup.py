@@ -27,8 +27,7 @@ from indistill_cli.stages.curriculum import epochs_per_tap, phases, tap_of_epoch
 from indistill_cli.errors import BadInput
 from indistill_cli.metrics.flow import mse
 from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
-from indistill_cli.models import make_spec
-from indistill_cli.pruning.rebuild import model_from_checkpoint
+from indistill_cli.models import create_model
 
 from stage_helpers import (  # noqa: F401 - fixtures
     DATA, SEED, _bad, _ok, _shared_file, build_cnn3_teacher, build_quick_teacher, _prune, info, teacher,
@@ -61,8 +60,7 @@ def work(tmp_path_factory) -> Path:
 
 def _fresh_student(path: Path, name: str, info, seed: int = 7) -> str:
     torch.manual_seed(seed)
-    spec, model = make_spec(name, info.in_channels, info.num_classes, info.image_size,
-                            {"mean": info.mean, "std": info.std})
+    spec, model = create_model(name, info.shape)
     write_model(str(path), {k: v.detach().clone() for k, v in model.state_dict().items()}, spec, [],
                 {"dataset": info.as_dict()})
     return str(path)
@@ -120,10 +118,9 @@ def test_step_of_tap_l_reaches_only_layers_up_to_l(pruned, info):
     from indistill_cli.stages.session import open_session
 
     ck = load_checkpoint(pruned)
-    teacher = model_from_checkpoint(ck).eval()  # requires_grad left on: the flow itself must keep grads out
+    teacher = create_model(ck).model.eval()  # requires_grad left on: the flow itself must keep grads out
     torch.manual_seed(0)
-    spec, student = make_spec("cnn3-w0.5", info.in_channels, info.num_classes, info.image_size,
-                              {"mean": info.mean, "std": info.std})
+    spec, student = create_model("cnn3-w0.5", info.shape)
     student.train()
     pairs = pairs_from_teacher(ck, spec)
     assert [(p.teacher_tap, p.student_tap) for p in pairs] == [("block1", "block1"), ("block2", "block2"),
@@ -206,7 +203,7 @@ def test_warmup_copies_feature_maps_cnn3(cnn3_warm, record):
 def test_warmup_checkpoint_history_and_plot(cnn3_warm, pruned):
     summary, out, plot = cnn3_warm
     ck = load_checkpoint(out, role="model")
-    assert ck.spec["arch"] == "cnn3" and ck.spec["width"] == 0.5
+    assert ck.spec.arch == "cnn3" and ck.spec.width == 0.5
     assert ck.stage_names() == ["warmup"]
     h = ck.history[-1]
     w = h["warmup"]

@@ -80,11 +80,12 @@ def override(typ: Any, default: Any, *flags: str, help: str) -> Shared:
     return Shared(Annotated[typ, typer.Option(*flags, help=help)], default)
 
 
-def command(app: typer.Typer, order: tuple[str, ...], **changes: Any) -> Callable[[Callable[..., Any]], Any]:
+def command(app: typer.Typer, order: tuple[str, ...], command_name: str | None = None,
+            **changes: Any) -> Callable[[Callable[..., Any]], Any]:
     """Register `fn` as a command whose parameters are `order`: the function's own (it declares them with
     their Typer annotations) and shared ones (from SHARED; `changes` gives a name a new default, or a new
     declaration with `override`). The function receives its own parameters by name, the shared ones in
-    `**options`."""
+    `**options`. `command_name`: the command's name when it is not the function's (`import`, a Python keyword)."""
 
     def deco(fn: Callable[..., Any]) -> Any:
         own = {n: p for n, p in inspect.signature(fn, eval_str=True).parameters.items() if p.kind != p.VAR_KEYWORD}
@@ -108,7 +109,7 @@ def command(app: typer.Typer, order: tuple[str, ...], **changes: Any) -> Callabl
         wrapper.__module__ = fn.__module__
         wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in params}
-        return app.command()(wrapper)
+        return app.command(command_name)(wrapper)
 
     return deco
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from indistill_cli.errors import BadInput
+from indistill_cli.io.spec import DataShape, ModelSpec
 
 
 @dataclass
@@ -32,6 +33,11 @@ class DataInfo:
 
     def serving(self) -> str:
         return serving_phrase(self.stored_size, self.image_size)
+
+    @property
+    def shape(self) -> DataShape:
+        """What a model built for this data needs to know (models.create_model)."""
+        return DataShape(self.in_channels, self.num_classes, tuple(self.image_size), self.mean, self.std)
 
     def as_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "num_classes": self.num_classes, "in_channels": self.in_channels,
@@ -110,14 +116,11 @@ class Dataset:
         return table[name]
 
 
-def check_compatible(info: DataInfo, spec: dict[str, Any], what: str) -> None:
+def check_compatible(info: DataInfo, spec: ModelSpec, what: str) -> None:
     """A model must have the dataset's classes; channel counts must be reconcilable."""
-    for key in ("num_classes", "in_channels"):
-        if not isinstance(spec.get(key), int):
-            raise BadInput(f"{what}: model spec lacks '{key}' (or it is not an integer)")
-    if spec["num_classes"] != info.num_classes:
-        raise BadInput(f"{what} has {spec['num_classes']} classes but {info.name} has {info.num_classes}")
-    mc, dc = spec["in_channels"], info.in_channels
+    if spec.num_classes != info.num_classes:
+        raise BadInput(f"{what} has {spec.num_classes} classes but {info.name} has {info.num_classes}")
+    mc, dc = spec.in_channels, info.in_channels
     folder = info.name.startswith("imagefolder:")  # image files decode to either: gray for 1-channel models
     if mc != dc and not (dc == 1 and mc == 3) and not (folder and mc == 1):
         raise BadInput(f"{what} takes {mc}-channel images but {info.name} has {dc} channels")

@@ -11,7 +11,6 @@ skipped and counted, so one corrupt JPEG does not end a day-long run.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,7 +231,8 @@ class FolderLoader(ShardedLoader):
     def __init__(self, split: FolderSplit, info: DataInfo, batch_size: int, device: Any = "cpu", shuffle: bool = False,
                  augment: bool = False, seed: int = 0, drop_last: bool = False, model_channels: int | None = None,
                  model_size: tuple[int, int] | None = None, rank: int = 0, world: int = 1,
-                 channels_last: bool = False, workers: int | None = None, strict: bool = False) -> None:
+                 channels_last: bool = False, workers: int | None = None, strict: bool = False,
+                 model_norm: tuple[list[float], list[float]] | None = None) -> None:
         super().__init__(len(split), batch_size, shuffle, seed, drop_last, rank, world)
         self.device = torch.device(device)
         size = tuple(model_size or info.image_size)
@@ -244,8 +244,9 @@ class FolderLoader(ShardedLoader):
         self.workers = workers if workers is not None else min(8, max(1, (torch.get_num_threads() or 2) - 1))
         self.skipped = 0
         # the tensor path's normalisation, so both paths produce identical floats
-        self.to_float = Normalise(info.mean, info.std, self.device, size, repeat, channels_last,
-                                  gray=model_channels == 1 and info.in_channels == 3)
+        mean, std = model_norm or (info.mean, info.std)  # a model's own normalisation wins over the data's
+        self.to_float = Normalise(mean, std, self.device, size, repeat, channels_last,
+                                  gray=model_channels == 1 and info.in_channels == 3, per_model=model_norm is not None)
 
     def __iter__(self) -> Iterator[Any]:
         skip, self._skip = self._skip, 0

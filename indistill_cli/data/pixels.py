@@ -47,15 +47,17 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, the weights of PIL's convert("L")
 class Normalise:
     """uint8 (N, C, H, W) -> normalised float at the model's channels (`repeat`: grayscale to RGB), size and
     memory layout. `gray`: a 1-channel model reading RGB files: the data's mean/std averaged to one channel,
-    and RGB pixels (the cached folder path) turned to luma."""
+    and RGB pixels (the cached folder path) turned to luma. `per_model`: mean/std are already given per model
+    channel (a model that declares its own normalisation), so they are not repeated with the pixels."""
 
     def __init__(self, mean: list[float], std: list[float], device: Any, model_size: tuple[int, int],
-                 repeat: int = 1, channels_last: bool = False, gray: bool = False) -> None:
+                 repeat: int = 1, channels_last: bool = False, gray: bool = False, per_model: bool = False) -> None:
         m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         s = torch.tensor(std, device=device).view(1, -1, 1, 1)
         if gray:
             m, s = m.mean(1, keepdim=True), s.mean(1, keepdim=True)
-        m, s = m.repeat(1, repeat, 1, 1), s.repeat(1, repeat, 1, 1)
+        if not per_model:
+            m, s = m.repeat(1, repeat, 1, 1), s.repeat(1, repeat, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * s), m / s
         self.repeat, self.model_size, self.channels_last = repeat, tuple(model_size), channels_last
         self.luma = torch.tensor(LUMA, device=device).view(1, 3, 1, 1) if gray else None

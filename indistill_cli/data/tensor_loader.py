@@ -23,7 +23,8 @@ class TensorLoader(ShardedLoader):
     def __init__(self, split: Split, info: DataInfo, batch_size: int, device: torch.device | str = "cpu",
                  shuffle: bool = False, augment: bool = False, seed: int = 0, drop_last: bool = False,
                  model_channels: int | None = None, model_size: tuple[int, int] | None = None,
-                 rank: int = 0, world: int = 1, channels_last: bool = False) -> None:
+                 rank: int = 0, world: int = 1, channels_last: bool = False,
+                 model_norm: tuple[list[float], list[float]] | None = None) -> None:
         super().__init__(len(split), batch_size, shuffle, seed, drop_last, rank, world)
         self.device = torch.device(device)
         self.images = split.images.to(self.device)
@@ -34,8 +35,9 @@ class TensorLoader(ShardedLoader):
         repeat = (model_channels // c) if model_channels and model_channels != c and not gray else 1
         if model_channels and model_channels != c and not gray and (c != 1 or model_channels % c):
             raise BadInput(f"the model takes {model_channels}-channel input but {info.name} has {c} channels")
-        self.to_float = Normalise(info.mean, info.std, self.device, tuple(model_size or info.image_size), repeat,
-                                  channels_last, gray)
+        mean, std = model_norm or (info.mean, info.std)  # a model's own normalisation wins over the data's
+        self.to_float = Normalise(mean, std, self.device, tuple(model_size or info.image_size), repeat,
+                                  channels_last, gray, per_model=model_norm is not None)
 
     def _plan(self) -> torch.Tensor:
         """This epoch's order and augmentation draws as one int64 (4, n) tensor on the device.

@@ -145,7 +145,7 @@ def check_kernels(rt: Any, module: nn.Module, loss: Callable[[], torch.Tensor], 
                        f"--deterministic, or use a model or method without it")
 
 
-def blank_batch(spec: dict[str, Any], rt: Any, n: int = 2) -> torch.Tensor:
+def blank_batch(spec: Any, rt: Any, n: int = 2) -> torch.Tensor:
     """n zero images the model accepts, in the run's memory format (what the probes feed)."""
-    x = torch.zeros(n, spec["in_channels"], *spec["input_size"], device=rt.device)
+    x = torch.zeros(n, spec.in_channels, *spec.input_size, device=rt.device)
     return x.to(memory_format=torch.channels_last) if rt.channels_last else x

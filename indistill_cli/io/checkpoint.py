@@ -22,11 +22,23 @@ from typing import Any
 from indistill_cli.errors import BadInput
 from indistill_cli.io import jsontext
 from indistill_cli.io.atomic import atomic_write
+from indistill_cli.io.spec import ModelSpec
 
 FORMAT = "indistill/1"
 EXTRA_PREFIX = "@"
 MAX_HEADER = 100 * 1024 * 1024  # a larger declared header is corruption, not a model
 ROLES = ("model", "pruned-teacher", "embeddings")
+IMPORT = "indistill import {where} --arch NAME --data D -o model.safetensors"
+
+
+def foreign(where: str, what: str) -> BadInput:
+    """The one line for a file indistill did not write: what it is, and the command that brings it in."""
+    return BadInput(f"{where}: {what}, not an indistill checkpoint; bring it in with `{IMPORT.format(where=where)}`")
+
+
+def _torch_file(data: bytes) -> bool:
+    """torch.save output: a zip archive (torch >= 1.6) or a bare pickle (protocol 2+)."""
+    return data[:4] == b"PK\x03\x04" or (len(data) > 1 and data[0] == 0x80 and 2 <= data[1] <= 5)
 
 
 @dataclass
@@ -34,7 +46,7 @@ class Checkpoint:
     """What a stage reads and writes: spec + weights + history."""
 
     role: str
-    spec: dict[str, Any]
+    spec: ModelSpec
     state: dict[str, Any]  # model state dict (torch tensors)
     extras: dict[str, Any] = field(default_factory=dict)  # non-model tensors (e.g. kept indices)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -68,7 +80,7 @@ def to_bytes(ckpt: Checkpoint) -> bytes:
     meta = {
         "format": FORMAT,
         "role": ckpt.role,
-        "spec": json.dumps(ckpt.spec, sort_keys=True),
+        "spec": json.dumps(ckpt.spec.to_dict(), sort_keys=True),
         "history": json.dumps(ckpt.history),
         "info": json.dumps(ckpt.info, sort_keys=True),
     }
@@ -118,6 +130,8 @@ def parse_header(data: bytes, where: str) -> dict[str, Any]:
     if len(data) < 8:
         raise BadInput(f"{where}: not a safetensors checkpoint (only {len(data)} bytes; truncated or empty?)")
     (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER and _torch_file(data):
+        raise foreign(where, "a PyTorch file (torch.save)")
     if n > MAX_HEADER:
         raise BadInput(f"{where}: not a safetensors checkpoint (declared header of {n} bytes is implausible)")
     if 8 + n > len(data):
@@ -173,12 +187,13 @@ def from_bytes(data: bytes, where: str = "<bytes>") -> Checkpoint:
     header = parse_header(data, where)
     meta = header.get("__metadata__")
     if not isinstance(meta, dict):
-        raise BadInput(f"{where}: safetensors file without indistill metadata (not an indistill checkpoint)")
+        raise foreign(where, "a safetensors file without indistill metadata")
     if meta.get("format") == "indistill-adapters/1":
         raise BadInput(f"{where}: is a KD adapters sidecar (written by `indistill distill --adapters`), not a model "
                        f"checkpoint")
     if meta.get("format") != FORMAT:
-        raise BadInput(f"{where}: unknown checkpoint format {meta.get('format')!r} (expected {FORMAT!r})")
+        raise foreign(where, f"a safetensors file of unknown checkpoint format {meta.get('format')!r} (indistill "
+                             f"writes {FORMAT!r})")
     role = meta.get("role")
     if role not in ROLES:
         raise BadInput(f"{where}: unknown checkpoint role {role!r}")
@@ -191,6 +206,7 @@ def from_bytes(data: bytes, where: str = "<bytes>") -> Checkpoint:
         raise BadInput(f"{where}: corrupt checkpoint ({str(e).splitlines()[0]})") from None
     if meta.get("checksum") != _tensor_digest(tensors, meta):
         raise BadInput(f"{where}: checksum mismatch: the file was modified or corrupted after it was written")
+    spec = ModelSpec.from_dict(spec, where)  # validated once, here: every reader gets a typed, plausible spec
     state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
     extras = {k[len(EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
     return Checkpoint(role, spec, state, extras, history, info, _h.sha256(data).hexdigest(), where)

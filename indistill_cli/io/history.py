@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from indistill_cli.io.checkpoint import Checkpoint, save_checkpoint
+from indistill_cli.io.spec import ModelSpec
 
 
 def environment() -> dict[str, str]:
@@ -51,7 +52,7 @@ def flow_curves(history: list[dict[str, Any]]) -> tuple[dict[str, list[float]], 
     return {k: list(v) + list(kd.get(k, [])[1:]) for k, v in warm.items()}, n_warm
 
 
-def write_model(dest: str, model_state: dict[str, Any], spec: dict[str, Any], history: list[dict[str, Any]],
+def write_model(dest: str, model_state: dict[str, Any], spec: ModelSpec, history: list[dict[str, Any]],
                 info: dict[str, Any] | None = None, role: str = "model", extras: dict[str, Any] | None = None) -> str:
     """Write a model checkpoint (a path or '-'); returns the sha256 of its bytes."""
     ckpt = Checkpoint(role=role, spec=spec, state=model_state, extras=extras or {}, history=history, info=info or {})

@@ -21,7 +21,6 @@ method given), FSP adding nothing.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from indistill_cli.losses.base import (EPOCHS, DistillLoss, KDBatch, Phase, consecutive_connectors, match_spatial,
                                        no_term, teacher_view)

@@ -57,13 +57,18 @@ class CifarResNet(nn.Module):
 
 
 def _make(depth: int, base: list[int]):
-    def build(width: float, in_channels: int, num_classes: int) -> nn.Module:
+    def build(width: float, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
         return CifarResNet(depth, scaled(base, width), in_channels, num_classes)
 
     return build
 
 
-for _d in (8, 14, 20, 32, 44, 56, 110):
-    register(f"resnet{_d}", "cifar-resnet", f"CIFAR ResNet-{_d}, widths 16/32/64")(_make(_d, [16, 16, 32, 64]))
+register("resnet8", "cifar-resnet", "CIFAR ResNet-8, widths 16/32/64")(_make(8, [16, 16, 32, 64]))
+register("resnet14", "cifar-resnet", "CIFAR ResNet-14, widths 16/32/64")(_make(14, [16, 16, 32, 64]))
+register("resnet20", "cifar-resnet", "CIFAR ResNet-20, widths 16/32/64")(_make(20, [16, 16, 32, 64]))
+register("resnet32", "cifar-resnet", "CIFAR ResNet-32, widths 16/32/64")(_make(32, [16, 16, 32, 64]))
+register("resnet44", "cifar-resnet", "CIFAR ResNet-44, widths 16/32/64")(_make(44, [16, 16, 32, 64]))
+register("resnet56", "cifar-resnet", "CIFAR ResNet-56, widths 16/32/64")(_make(56, [16, 16, 32, 64]))
+register("resnet110", "cifar-resnet", "CIFAR ResNet-110, widths 16/32/64")(_make(110, [16, 16, 32, 64]))
 register("resnet8x4", "cifar-resnet", "CIFAR ResNet-8, 4x wide (32/64/128/256)")(_make(8, [32, 64, 128, 256]))
 register("resnet32x4", "cifar-resnet", "CIFAR ResNet-32, 4x wide (32/64/128/256)")(_make(32, [32, 64, 128, 256]))

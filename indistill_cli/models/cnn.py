@@ -44,5 +44,5 @@ class CNN3(nn.Module):
 
 
 @register("cnn3", "cnn", "InDistill 3-conv CNN, widths 16/32/64, 128-d embedding (-w0.5: the student)")
-def build(width: float, in_channels: int, num_classes: int, input_size: int = 32) -> nn.Module:
+def build(width: float, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
     return CNN3(scaled([16, 32, 64], width), scaled([128], width)[0], in_channels, num_classes, input_size)

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from indistill_cli.io.spec import ModelSpec
+
 # probe only CIFAR-scale inputs: at ImageNet sizes H + W forwards of a large model cost seconds, and
 # such models pad their convolutions anyway
 MAX_PROBE_PIXELS = 64 * 64
@@ -64,12 +66,12 @@ def image_box(input_size: tuple[int, int], stored: tuple[int, int]) -> tuple[int
     return 0, H - 1, 0, W - 1
 
 
-def describe(model: torch.nn.Module, spec: dict[str, Any], stored: tuple[int, int] | None = None) -> dict[str, Any]:
+def describe(model: torch.nn.Module, spec: ModelSpec, stored: tuple[int, int] | None = None) -> dict[str, Any]:
     """What the model sees of its images: the input region its output depends on, and how much of
     the stored image that covers (`stored` defaults to the input size itself)."""
-    size = (int(spec["input_size"][0]), int(spec["input_size"][1]))
+    size = spec.input_size
     stored = tuple(stored) if stored else size  # type: ignore[assignment]
-    region = seen_region(model, int(spec["in_channels"]), size)
+    region = seen_region(model, spec.in_channels, size)
     out: dict[str, Any] = {"input": list(size), "image": list(stored)}
     if region is None:
         out["text"] = f"{size[0]}x{size[1]} input; receptive field not probed (input over 64x64 pixels)"

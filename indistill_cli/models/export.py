@@ -22,16 +22,17 @@ import torch
 import torch.nn as nn
 
 from indistill_cli.errors import BadInput
+from indistill_cli.io.spec import ModelSpec
 from indistill_cli.models.taps import TapSet, as_vector
 
 INPUT, OPSET, PT2_META = "input", 17, "indistill.json"
 ONNX_MISSING = "ONNX export needs onnx and onnxruntime: pip install 'indistill[export]'"
 
 
-def model_norm(spec: dict[str, Any], norm: dict[str, Any]) -> tuple[list[float], list[float]]:
+def model_norm(spec: ModelSpec, norm: dict[str, Any]) -> tuple[list[float], list[float]]:
     """The data's mean/std at the model's channel count (grayscale repeated for RGB models, RGB averaged
     for grayscale ones), as the loaders apply them."""
-    c = int(spec["in_channels"])
+    c = spec.in_channels
     mean, std = list(norm.get("mean") or [0.0]), list(norm.get("std") or [1.0])
     if len(mean) != c:
         mean, std = ([sum(mean) / len(mean)] * c, [sum(std) / len(std)] * c) if len(mean) > 1 else (mean * c, std * c)
@@ -184,3 +185,37 @@ def onnx_metadata(path: str) -> dict[str, str]:
     import onnx
 
     return {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+
+
+def to_state_dict(model: nn.Module, metadata: dict[str, Any]) -> bytes:
+    """The module's state dict as safetensors bytes (tensors contiguous, shared storage copied), with string
+    metadata (`format: pt`, as timm and Hugging Face write it)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {"format": "pt", **{k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}}
+    return save(tensors, metadata=meta)
+
+
+def state_dict_runner(data: bytes, spec: ModelSpec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A fresh module of the spec loading the state-dict bytes strictly, as a function (the parity check)."""
+    from safetensors.torch import load
+
+    from indistill_cli.models.create import create_model
+
+    model = create_model(spec).model
+    model.load_state_dict(load(data), strict=True)
+    model.eval()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    return run
+
+
+def load_hint(spec: ModelSpec, filename: str) -> str:
+    """One line of Python that loads a `--format state-dict` file into the architecture's own code."""
+    from indistill_cli.models.create import source_of
+
+    return source_of(spec.arch).load_hint(spec, filename)

@@ -53,5 +53,5 @@ class PreActResNet18(nn.Module):
 
 
 @register("preact_resnet18", "preact-resnet", "Pre-activation ResNet-18 (64/128/256/512), the paper's teacher")
-def build(width: float, in_channels: int, num_classes: int) -> nn.Module:
+def build(width: float, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
     return PreActResNet18(scaled([64, 128, 256, 512], width), in_channels, num_classes)

@@ -8,11 +8,16 @@ declares none (timm, torchvision) cannot give `:pre` taps and says so in one lin
 cloned when captured: the ReLU that follows may work in place. Shared by prune, warmup, distill,
 evaluate and retrieve. A TapSet can also stop the forward pass right after a given tap, so warmup
 phases never compute layers past the active tap.
+
+A tap is a feature map (N, C, H, W) whatever the module returns: a model whose tapped modules give tokens
+or channels-last maps declares a `tap_layouts` attribute, {module name: MapLayout}, and the captured value
+is turned into a map as it is stored (differentiably: a student's tap keeps its gradient).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +33,22 @@ class _StopForward(Exception):
 
 
 PRE = ":pre"
+
+
+@dataclass(frozen=True)
+class MapLayout:
+    """How a module's output becomes (N, C, H, W): `tokens` (N, L, C) whose first `prefix` tokens (class,
+    distillation, register) are dropped and the rest laid on the `grid` of patches, or `nhwc` (N, H, W, C)."""
+
+    kind: str  # "tokens" or "nhwc"
+    grid: tuple[int, int] = (0, 0)
+    prefix: int = 0
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        if self.kind == "nhwc":
+            return t.permute(0, 3, 1, 2)
+        n, _, c = t.shape
+        return t[:, self.prefix:].transpose(1, 2).reshape(n, c, *self.grid)
 
 
 def preact_name(model: nn.Module, name: str) -> str:
@@ -69,6 +90,7 @@ class TapSet:
         self.out: dict[str, torch.Tensor] = {}
         self.stop_after = stop_after
         self._handles: list[Any] = []
+        self._layouts: dict[str, MapLayout] = getattr(model, "tap_layouts", None) or {}
         for name in self.names:
             mod, is_input, clone = resolve(model, name)
             if is_input:
@@ -78,9 +100,12 @@ class TapSet:
 
     def _store(self, name: str, value: Any, clone: bool) -> None:
         """Keep the value (a module called twice in one forward, like a block's shared ReLU, leaves its
-        last call's)."""
+        last call's), as a feature map when the model declares the tap's layout."""
         if isinstance(value, (tuple, list)):
             value = value[0]
+        layout = self._layouts.get(name)
+        if layout is not None:
+            value = layout(value)
         self.out[name] = value.clone() if clone else value
         if self.stop_after == name:
             raise _StopForward

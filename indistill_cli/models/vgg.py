@@ -47,11 +47,14 @@ class VGG(nn.Module):
 
 
 def _make(name: str):
-    def build(width: float, in_channels: int, num_classes: int) -> nn.Module:
+    def build(width: float, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
         return VGG([scaled(s, width) for s in CFG[name]], in_channels, num_classes)
 
     return build
 
 
-for _n in CFG:
-    register(_n, "vgg", f"CIFAR {_n.upper()} with BatchNorm")(_make(_n))
+register("vgg8", "vgg", "CIFAR VGG8 with BatchNorm")(_make("vgg8"))
+register("vgg11", "vgg", "CIFAR VGG11 with BatchNorm")(_make("vgg11"))
+register("vgg13", "vgg", "CIFAR VGG13 with BatchNorm")(_make("vgg13"))
+register("vgg16", "vgg", "CIFAR VGG16 with BatchNorm")(_make("vgg16"))
+register("vgg19", "vgg", "CIFAR VGG19 with BatchNorm")(_make("vgg19"))

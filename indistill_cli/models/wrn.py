@@ -53,11 +53,13 @@ class WideResNet(nn.Module):
 
 
 def _make(depth: int, k: int):
-    def build(width: float, in_channels: int, num_classes: int) -> nn.Module:
+    def build(width: float, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
         return WideResNet(depth, scaled([16, 16 * k, 32 * k, 64 * k], width), in_channels, num_classes)
 
     return build
 
 
-for _d, _k in ((16, 1), (16, 2), (40, 1), (40, 2)):
-    register(f"wrn_{_d}_{_k}", "wrn", f"Wide ResNet-{_d}-{_k}")(_make(_d, _k))
+register("wrn_16_1", "wrn", "Wide ResNet-16-1")(_make(16, 1))
+register("wrn_16_2", "wrn", "Wide ResNet-16-2")(_make(16, 2))
+register("wrn_40_1", "wrn", "Wide ResNet-40-1")(_make(40, 1))
+register("wrn_40_2", "wrn", "Wide ResNet-40-2")(_make(40, 2))

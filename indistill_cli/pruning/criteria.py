@@ -15,22 +15,19 @@ import torch
 import torch.nn as nn
 
 from indistill_cli.errors import BadInput
+from indistill_cli.io.spec import ModelSpec
+from indistill_cli.models.structural import build_graph, example_input, out_channels, tap_group  # noqa: F401
 
 CRITERIA = ("l1", "l2", "bn-scale", "activation")
-
-
-def _example_input(model: nn.Module, spec: dict[str, Any]) -> torch.Tensor:
-    p = next(iter(model.parameters()), None)
-    dev = p.device if p is not None else torch.device("cpu")
-    return torch.zeros(1, int(spec["in_channels"]), *[int(v) for v in spec["input_size"]], device=dev)
 
 
 def _is_conv(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.conv._ConvNd)
 
 
-def find_producers(model: nn.Module, spec: dict[str, Any], taps: Sequence[str]) -> dict[str, str]:
-    """For each tap, the last conv run at or before the tap's output with as many output channels.
+def find_producers(model: nn.Module, spec: ModelSpec, taps: Sequence[str]) -> dict[str, str]:
+    """For each tap, the last conv (or, in a token model, linear layer) run at or before the tap's output with as
+    many output channels.
 
     One eval-mode forward with hooks records the order in which convs finish and the position of
     each tap's (last) output; the tap's channels come from a conv at or before that position.
@@ -40,9 +37,10 @@ def find_producers(model: nn.Module, spec: dict[str, Any], taps: Sequence[str]) 
 
     order: list[str] = []
     marks: dict[str, tuple[int, int]] = {}
+    layouts = getattr(model, "tap_layouts", None) or {}
     handles = []
-    for name, m in model.named_modules():
-        if _is_conv(m):
+    for name, m in model.named_modules():  # a token model's channels also come from linear layers
+        if _is_conv(m) or (layouts and isinstance(m, nn.Linear)):
             handles.append(m.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name)))
     for tap in taps:
         mod, is_input, _ = resolve(model, tap)
@@ -51,6 +49,8 @@ def find_producers(model: nn.Module, spec: dict[str, Any], taps: Sequence[str]) 
             t = _i if is_input else out
             if isinstance(t, (tuple, list)):
                 t = t[0]
+            if tap in layouts:  # a token or channels-last tap: its channels are those of its feature map
+                t = layouts[tap](t)
             marks[tap] = (len(order), int(t.shape[1]))
 
         if is_input:
@@ -61,7 +61,7 @@ def find_producers(model: nn.Module, spec: dict[str, Any], taps: Sequence[str]) 
     model.eval()
     try:
         with torch.no_grad():
-            model(_example_input(model, spec))
+            model(example_input(model, spec))
     finally:
         for h in handles:
             h.remove()
@@ -73,39 +73,10 @@ def find_producers(model: nn.Module, spec: dict[str, Any], taps: Sequence[str]) 
             raise BadInput(f"tap '{tap}' never runs in the model's forward pass")
         pos, channels = marks[tap]
         for name in reversed(order[:pos]):
-            m = mods[name]
-            if int(m.out_channels) == channels:
+            if out_channels(mods[name]) == channels:
                 found[tap] = name
                 break
     return found
-
-
-def build_graph(model: nn.Module, spec: dict[str, Any]) -> Any:
-    """torch-pruning's DependencyGraph of a model, traced in eval mode (BN statistics untouched)."""
-    import torch_pruning as tp
-
-    was = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, example_inputs=_example_input(model, spec),
-                                                         verbose=False)
-    finally:
-        model.train(was)
-
-
-def out_channels(m: nn.Module) -> int:
-    return int(m.out_features) if isinstance(m, nn.Linear) else int(m.out_channels)
-
-
-def tap_group(dg: Any, model: nn.Module, producer: str, idxs: Sequence[int] | None = None) -> Any:
-    """The coupled group of a producer's output channels (all of them unless `idxs`)."""
-    m = model.get_submodule(producer)
-    pruner = dg.get_pruner_of_module(m)
-    if pruner is None:
-        raise BadInput(f"layer '{producer}' ({type(m).__name__}) cannot be pruned by torch-pruning")
-    idxs = list(range(out_channels(m))) if idxs is None else list(idxs)
-    return dg.get_pruning_group(m, pruner.prune_out_channels, idxs)
 
 
 def _producer_items(dg: Any, group: Any) -> list[tuple[nn.Module, list[int], list[int]]]:

@@ -11,10 +11,11 @@ from typing import Any
 
 from indistill_cli import progress
 from indistill_cli.errors import BadInput, did_you_mean
+from indistill_cli.io.spec import ModelSpec, TapSpec
 
 
-def tap_table(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {t["name"]: t for t in spec.get("taps", [])}
+def tap_table(spec: ModelSpec) -> dict[str, TapSpec]:
+    return {t.name: t for t in spec.taps}
 
 
 def _proportional(n_long: int, n_short: int) -> list[int]:
@@ -34,7 +35,7 @@ def parse_pair(text: str | tuple[str, str], option: str = "--pair") -> tuple[str
     return t, s
 
 
-def pair_taps(teacher_spec: dict[str, Any], student_spec: dict[str, Any],
+def pair_taps(teacher_spec: ModelSpec, student_spec: ModelSpec,
               overrides: Iterable[str | tuple[str, str]] | None = None,
               option: str = "--pair") -> list[tuple[str, str]]:
     """Ordered (teacher_tap, student_tap) pairs, shallow to deep by student tap.
@@ -45,8 +46,7 @@ def pair_taps(teacher_spec: dict[str, Any], student_spec: dict[str, Any],
     pairing is printed on stderr. `overrides` ('T:S' strings, given with the caller's `option`) replace
     the default pairing entirely. Embedding/logit layers are not taps and are never paired.
     """
-    t_taps = [t["name"] for t in teacher_spec.get("taps", [])]
-    s_taps = [t["name"] for t in student_spec.get("taps", [])]
+    t_taps, s_taps = teacher_spec.tap_names, student_spec.tap_names
     if not t_taps or not s_taps:
         raise BadInput("the teacher or the student declares no taps; nothing to pair")
     overrides = list(overrides or [])
@@ -66,14 +66,13 @@ def pair_taps(teacher_spec: dict[str, Any], student_spec: dict[str, Any],
     return pairs
 
 
-def _check_overrides(pairs: list[tuple[str, str]], teacher_spec: dict[str, Any], student_spec: dict[str, Any],
+def _check_overrides(pairs: list[tuple[str, str]], teacher_spec: ModelSpec, student_spec: ModelSpec,
                      t_taps: list[str], s_taps: list[str], option: str) -> None:
     """Every named tap exists (an embedding is not a tap) and no tap is paired twice."""
     for t, s in pairs:
         for name, side, taps, spec in ((t, "teacher", t_taps, teacher_spec), (s, "student", s_taps, student_spec)):
             if name not in taps:
-                emb = spec.get("embedding", {}).get("name")
-                if name == emb:
+                if name == spec.embedding.name:
                     raise BadInput(f"{option} {t}:{s}: '{name}' is the {side}'s embedding, not a feature-map tap; "
                                    f"InDistill pairs only the taps ({', '.join(taps)})")
                 raise BadInput(f"{option} {t}:{s}: unknown {side} tap '{name}'{did_you_mean(name, taps)}; "
@@ -84,19 +83,19 @@ def _check_overrides(pairs: list[tuple[str, str]], teacher_spec: dict[str, Any],
             raise BadInput(f"{option}: {side} tap '{dup[0]}' is paired more than once")
 
 
-def check_pairs(teacher_spec: dict[str, Any], student_spec: dict[str, Any], pairs: Sequence[tuple[str, str]]) -> None:
+def check_pairs(teacher_spec: ModelSpec, student_spec: ModelSpec, pairs: Sequence[tuple[str, str]]) -> None:
     """Reject what pruning cannot reconcile: fewer teacher channels, or incompatible spatial grids."""
-    if int(teacher_spec["num_classes"]) != int(student_spec["num_classes"]):
-        raise BadInput(f"the student has {student_spec['num_classes']} classes but the teacher has "
-                       f"{teacher_spec['num_classes']}: they must be trained on the same labels")
+    if teacher_spec.num_classes != student_spec.num_classes:
+        raise BadInput(f"the student has {student_spec.num_classes} classes but the teacher has "
+                       f"{teacher_spec.num_classes}: they must be trained on the same labels")
     tt, st = tap_table(teacher_spec), tap_table(student_spec)
     for t, s in pairs:
-        ct, cs = int(tt[t]["channels"]), int(st[s]["channels"])
+        ct, cs = tt[t].channels, st[s].channels
         if ct < cs:
             raise BadInput(f"teacher tap '{t}' has {ct} channels, fewer than student tap '{s}' ({cs}): pruning "
                            f"cannot widen a layer; use a wider teacher or pair differently with --pair")
-        ht, wt = tt[t].get("size", [1, 1])
-        hs, ws = st[s].get("size", [1, 1])
+        ht, wt = tt[t].size or (1, 1)
+        hs, ws = st[s].size or (1, 1)
         if min(ht, wt, hs, ws) <= 0:
             raise BadInput(f"tap pair {t}:{s} has an empty feature map ({ht}x{wt} vs {hs}x{ws})")
         if ht * ws != hs * wt:

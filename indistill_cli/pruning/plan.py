@@ -10,8 +10,8 @@ Two modes:
   (`keep/<tap>` extras); warmup targets are the real eval-mode teacher activations restricted to the
   kept channels (computed by `targets.FlowPair.targets`).
 * `chained`: a structurally pruned teacher that runs on its own. The spec carries a replayable plan
-  (`structural_prune`), so `rebuild.build(spec)` rebuilds the original architecture and prunes it again
-  with the same indices (`apply_structural_plan`); the pruned state dict then loads strictly.
+  (`structural_prune`), so `models.create_model(spec)` rebuilds the original architecture and prunes it
+  again with the same indices (`models.structural.replay_plan`); the pruned state dict then loads strictly.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import torch.nn as nn
 
 from indistill_cli import progress
 from indistill_cli.errors import BadInput, RunFailure, did_you_mean
+from indistill_cli.io.spec import ModelSpec
 from indistill_cli.pruning.criteria import (CRITERIA, activation_importance, build_graph, find_producers,
-                                            group_importance, group_producers, out_channels, select_channels,
-                                            tap_group)
+                                            group_importance, group_producers, select_channels, tap_group)
 from indistill_cli.pruning.pairing import check_pairs, tap_table
 
 MODES = ("probe", "chained")
@@ -64,7 +64,7 @@ class TapPlan:
                 "kept": self.kept, "teacher_size": list(self.teacher_size), "student_size": list(self.student_size)}
 
 
-def plan_pruning(model: nn.Module, teacher_spec: dict[str, Any], student_spec: dict[str, Any],
+def plan_pruning(model: nn.Module, teacher_spec: ModelSpec, student_spec: ModelSpec,
                  pairs: Sequence[tuple[str, str]], criterion: str = "l1", mode: str = "probe",
                  batches: Iterable[Any] | None = None) -> list[TapPlan]:
     """Rank the teacher's channels at each paired tap and choose the student's width of them."""
@@ -87,7 +87,7 @@ def plan_pruning(model: nn.Module, teacher_spec: dict[str, Any], student_spec: d
         acts = activation_importance(model, t_names, batches)
     plans: list[TapPlan] = []
     for t, s in pairs:
-        ct, cs = int(tt[t]["channels"]), int(st[s]["channels"])
+        ct, cs = tt[t].channels, st[s].channels
         prod, members, group = producers.get(t), [], None
         if need_groups and prod is None:
             raise BadInput(f"teacher tap '{t}': no convolution with {ct} output channels runs before it, so "
@@ -108,7 +108,7 @@ def plan_pruning(model: nn.Module, teacher_spec: dict[str, Any], student_spec: d
             imp = group_importance(dg, group, ct, criterion)
         if imp.shape[0] != ct:
             raise RunFailure(f"tap '{t}': importance has {imp.shape[0]} entries for {ct} channels")
-        plans.append(TapPlan(t, s, ct, cs, list(tt[t].get("size", [])), list(st[s].get("size", [])),
+        plans.append(TapPlan(t, s, ct, cs, list(tt[t].size or []), list(st[s].size or []),
                              select_channels(imp, cs), imp, prod, members))
     if mode == "chained":
         reconcile_shared_groups(plans)
@@ -141,50 +141,16 @@ def structural_plan(plans: Sequence[TapPlan]) -> list[dict[str, Any]]:
             for p in plans if p.producer is not None and p.kept < p.before]
 
 
-def apply_structural_plan(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
-    """Prune `model` in place as `spec["structural_prune"]` says (called by `models.build_model`).
-
-    Each entry names the conv producing a tap's channels, its original width and the channels to
-    keep; torch-pruning removes the others from the whole coupled group (residual adds, BNs, the
-    consumers' inputs). Replaying the same plan on the same architecture gives the same network.
-    """
-    plan = spec.get("structural_prune") or []
-    if not isinstance(plan, list):
-        raise BadInput("spec 'structural_prune' must be a list")
-    if not plan:
-        return model
-    dg = build_graph(model, spec)
-    mods = dict(model.named_modules())
-    for step in plan:
-        try:
-            name, keep, channels = step["module"], [int(i) for i in step["keep"]], int(step["channels"])
-        except (TypeError, KeyError, ValueError):
-            raise BadInput(f"structural_prune entry {step!r} needs 'module', 'keep' and 'channels'") from None
-        m = mods.get(name)
-        if m is None or not isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-            raise BadInput(f"structural_prune: '{name}' is not a convolution or linear layer of {spec.get('arch')}")
-        if out_channels(m) != channels:
-            raise BadInput(f"structural_prune: '{name}' has {out_channels(m)} output channels, the plan expects "
-                           f"{channels} (was another entry applied to the same coupled channels?)")
-        if not keep or sorted(set(keep)) != keep or keep[0] < 0 or keep[-1] >= channels:
-            raise BadInput(f"structural_prune: keep list of '{name}' must be ascending, unique and within 0..{channels - 1}")
-        drop = sorted(set(range(channels)) - set(keep))
-        if drop:
-            tap_group(dg, model, name, drop).prune(record_history=False)
-    return model
-
-
-def chained_model(model: nn.Module, spec: dict[str, Any], plans: Sequence[TapPlan]) -> tuple[nn.Module, dict[str, Any]]:
+def chained_model(model: nn.Module, spec: ModelSpec, plans: Sequence[TapPlan]) -> tuple[nn.Module, ModelSpec]:
     """A structurally pruned copy of the teacher and its spec (plan + re-probed taps/embedding)."""
     from indistill_cli.models import probe_taps
+    from indistill_cli.models.structural import replay_plan
 
-    new_spec = copy.deepcopy(spec)
-    new_spec["structural_prune"] = structural_plan(plans)
-    pruned = copy.deepcopy(model)
-    apply_structural_plan(pruned, new_spec)
-    new_spec["taps"], new_spec["embedding"] = probe_taps(pruned, int(spec["in_channels"]),
-                                                         tuple(int(v) for v in spec["input_size"]))
-    got = {t["name"]: t["channels"] for t in new_spec["taps"]}
+    new_spec = spec.replace(structural_prune=structural_plan(plans))
+    pruned = replay_plan(copy.deepcopy(model), new_spec)
+    taps, emb = probe_taps(pruned, spec.in_channels, spec.input_size)
+    new_spec = new_spec.replace(taps=taps, embedding=emb)
+    got = {t.name: t.channels for t in new_spec.taps}
     for p in plans:
         if got.get(p.teacher_tap) != p.kept:
             raise RunFailure(f"structural pruning left {got.get(p.teacher_tap)} channels at tap '{p.teacher_tap}', "

@@ -10,7 +10,6 @@ inference_mode and never require grad.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -18,6 +17,7 @@ import torch.nn as nn
 from indistill_cli import progress
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import Checkpoint
+from indistill_cli.io.spec import ModelSpec
 from indistill_cli.models.taps import TapSet
 
 
@@ -28,22 +28,22 @@ class Pair:
     keep: torch.Tensor | None  # teacher channels to keep (probe mode); None = all
 
 
-def pairs_from_teacher(teacher: Checkpoint, student_spec: dict[str, Any]) -> list[Pair]:
+def pairs_from_teacher(teacher: Checkpoint, student_spec: ModelSpec) -> list[Pair]:
     """The paired taps a pruned-teacher checkpoint records, checked against the student's widths."""
     pruning = teacher.info.get("pruning")
-    s_taps = {t["name"]: t for t in student_spec["taps"]}
-    t_taps = {t["name"]: t for t in teacher.spec["taps"]}
+    s_taps = {t.name: t for t in student_spec.taps}
+    t_taps = {t.name: t for t in teacher.spec.taps}
     if pruning is None:
         # an unpruned teacher works only where widths already agree (e.g. an auxiliary of the same widths)
         if len(t_taps) != len(s_taps):
             raise BadInput(f"{teacher.source}: not a pruned teacher and its taps do not pair one-to-one with the "
                            f"student's; run `indistill prune {teacher.source} --like STUDENT` first")
         out = []
-        for t, s in zip(teacher.spec["taps"], student_spec["taps"]):
-            if t["channels"] != s["channels"]:
-                raise BadInput(f"{teacher.source}: tap {t['name']} has {t['channels']} channels, the student's "
-                               f"{s['name']} {s['channels']}; run `indistill prune {teacher.source} --like STUDENT`")
-            out.append(Pair(t["name"], s["name"], None))
+        for t, s in zip(teacher.spec.taps, student_spec.taps):
+            if t.channels != s.channels:
+                raise BadInput(f"{teacher.source}: tap {t.name} has {t.channels} channels, the student's "
+                               f"{s.name} {s.channels}; run `indistill prune {teacher.source} --like STUDENT`")
+            out.append(Pair(t.name, s.name, None))
         return out
     out = []
     for p in pruning["pairs"]:
@@ -51,11 +51,11 @@ def pairs_from_teacher(teacher: Checkpoint, student_spec: dict[str, Any]) -> lis
         if st not in s_taps:
             raise BadInput(f"{teacher.source} was pruned for student tap '{st}', which this student lacks "
                            f"(pruned like {pruning.get('student')}); prune again with --like this student")
-        if s_taps[st]["channels"] != p["kept"]:
+        if s_taps[st].channels != p["kept"]:
             raise BadInput(f"{teacher.source} keeps {p['kept']} channels at {p['teacher_tap']} but the student's "
-                           f"{st} has {s_taps[st]['channels']}; prune again with --like this student")
+                           f"{st} has {s_taps[st].channels}; prune again with --like this student")
         keep = teacher.extras.get(f"keep/{p['teacher_tap']}")
-        chained = pruning.get("mode") == "chained" or t_taps[p["teacher_tap"]]["channels"] == p["kept"]
+        chained = pruning.get("mode") == "chained" or t_taps[p["teacher_tap"]].channels == p["kept"]
         out.append(Pair(p["teacher_tap"], st, None if chained else keep.long()))
     return out
 

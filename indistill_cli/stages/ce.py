@@ -11,6 +11,7 @@ from indistill_cli.engine.determinism import blank_batch, check_kernels
 from indistill_cli.engine.loop import Engine, FitResult
 from indistill_cli.engine.runtime import ddp, maybe_compile, sync_batchnorm
 from indistill_cli.engine.schedule import SELECT_KEYS, OptimConfig, resolve_select
+from indistill_cli.io.spec import ModelSpec
 from indistill_cli.metrics import classify
 from indistill_cli.stages.session import Session
 
@@ -21,7 +22,7 @@ def val_metrics(model: torch.nn.Module, loader: Any, s: Session, emb_tap: str | 
     return {"val_loss": r["loss"], "val_top1": r["top1"], **({"val_map": r["map"]} if "map" in r else {})}
 
 
-def fit_ce(model: torch.nn.Module, spec: dict[str, Any], s: Session, epochs: int, optim: OptimConfig,
+def fit_ce(model: torch.nn.Module, spec: ModelSpec, s: Session, epochs: int, optim: OptimConfig,
            label: str, state: Any = None, select: str = "auto") -> FitResult:
     """Cross-entropy training with best-on-validation selection (used by `train` and `prune --finetune`).
 
@@ -38,7 +39,7 @@ def fit_ce(model: torch.nn.Module, spec: dict[str, Any], s: Session, epochs: int
         return {"loss": loss, "_correct": (logits.argmax(1) == batch.y).sum()}
 
     chosen = resolve_select(select, True, True, val_loader is not None, "CE training")
-    emb_tap = spec["embedding"]["name"] if chosen == "map" else None
+    emb_tap = spec.embedding.name if chosen == "map" else None
 
     def validate(epoch: int) -> dict[str, float]:
         return val_metrics(model, val_loader, s, emb_tap) if val_loader is not None else {}

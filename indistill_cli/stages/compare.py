@@ -20,8 +20,7 @@ from indistill_cli.io.checkpoint import Checkpoint, read_source
 from indistill_cli.metrics import cost
 from indistill_cli.metrics.scores import Scores
 from indistill_cli.models import export as ex
-from indistill_cli.models import spec_name
-from indistill_cli.pruning.rebuild import model_from_checkpoint
+from indistill_cli.models import ModelSpec, create_model
 from indistill_cli.stages.base import Stage
 from indistill_cli.stages.evaluate import run_evaluate
 from indistill_cli.stages.export import deployable_checkpoint
@@ -63,13 +62,13 @@ def _label(ck: Checkpoint, taken: set[str]) -> str:
     return f"{ck.source} ({len(taken)})"
 
 
-def optimised_runner(kind: str, model: torch.nn.Module, spec: dict[str, Any], threads: int) -> Any:
+def optimised_runner(kind: str, model: torch.nn.Module, spec: ModelSpec, threads: int) -> Any:
     """fn(x) for the optimised path: onnxruntime (CPU) on the model exported in memory, or torch.compile."""
     if kind == "compile":
         return torch.compile(model)
     ex.onnx_available()
-    deploy = ex.Deployable(model, "logits", spec["embedding"]["name"])
-    data, _ = ex.to_onnx(deploy, torch.zeros(2, spec["in_channels"], *spec["input_size"]), {})
+    deploy = ex.Deployable(model, "logits", spec.embedding.name)
+    data, _ = ex.to_onnx(deploy, torch.zeros(2, spec.in_channels, *spec.input_size), {})
     return ex.onnx_runner(data, threads)
 
 
@@ -113,7 +112,7 @@ class Compare(Stage):
 
     def prepare(self) -> None:
         self.cks = [deployable_checkpoint(m) for m in self.models]
-        classes = {spec_name(c.spec) + f" ({c.source})": c.spec["num_classes"] for c in self.cks}
+        classes = {c.spec.name + f" ({c.source})": c.spec.num_classes for c in self.cks}
         if self.quality and len(set(classes.values())) > 1:
             shown = ", ".join(f"{k}: {v}" for k, v in classes.items())
             raise BadInput(f"--data scores every model on one dataset, but their class counts differ ({shown})")
@@ -134,10 +133,10 @@ class Compare(Stage):
         """Size, parameters, MACs (batch 1) and latency at batch 1 and --batch, eager and optimised."""
         spec, device, cfg = ck.spec, s.rt.device, self.cfg
         check_batch(spec, cfg.batch, False, device)
-        model = model_from_checkpoint(ck).eval()
-        row: dict[str, Any] = {"checkpoint": ck.source, "model": spec_name(spec), "sha256": ck.sha256,
+        model = create_model(ck).model.eval()
+        row: dict[str, Any] = {"checkpoint": ck.source, "model": spec.name, "sha256": ck.sha256,
                                "parameters": cost.parameters(model), "file_bytes": len(read_source(ck.source)),
-                               "macs": cost.macs(model, torch.zeros(1, spec["in_channels"], *spec["input_size"]))}
+                               "macs": cost.macs(model, torch.zeros(1, spec.in_channels, *spec.input_size))}
         fmt = torch.channels_last if s.rt.channels_last else torch.contiguous_format
         model = model.to(device, memory_format=fmt)
         sync = torch.cuda.synchronize if device.type == "cuda" else None
@@ -153,7 +152,7 @@ class Compare(Stage):
         row["latency"] = {}
         for name, fn in paths.items():
             def x(b: int) -> torch.Tensor:  # onnxruntime reads contiguous CPU arrays; torch the run's layout
-                t = torch.randn(b, spec["in_channels"], *spec["input_size"])
+                t = torch.randn(b, spec.in_channels, *spec.input_size)
                 return t if name == "onnxruntime" else t.to(device).contiguous(memory_format=fmt)
 
             row["latency"][name] = {"error": fn} if isinstance(fn, str) else {
@@ -177,7 +176,7 @@ class Compare(Stage):
             task = bars.add_task("time", total=len(self.cks) * n_paths * len({1, cfg.batch}) * (cfg.warmup + cfg.runs),
                                  status="")
             for ck in self.cks:
-                bars.update(task, description=f"time {spec_name(ck.spec)}")
+                bars.update(task, description=f"time {ck.spec.name}")
                 rows.append(self.measure(ck, s, bars, task))
         if self.quality:
             with progress.bar() as bars:

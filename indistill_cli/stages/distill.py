@@ -25,8 +25,7 @@ from indistill_cli.io.history import history_entry, write_model
 from indistill_cli.io.paths import sibling
 from indistill_cli.losses.base import NON_NEGATIVE
 from indistill_cli.metrics.flow import flow_mse
-from indistill_cli.models import spec_name
-from indistill_cli.pruning.rebuild import model_from_checkpoint
+from indistill_cli.models import create_model
 from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
 from indistill_cli.stages.base import Stage
 from indistill_cli.stages.ce import val_metrics
@@ -34,7 +33,7 @@ from indistill_cli.stages.distiller import (Distiller, KeepFlow, MethodSpec, dis
                                             method_pairs, parse_methods, save_adapters, vector_flags)
 from indistill_cli.stages.phases import method_phases, run_phases
 from indistill_cli.stages.options import RunOptions
-from indistill_cli.stages.resolve import Resolved, frozen, resolve_model
+from indistill_cli.stages.resolve import Resolved, fed_by, frozen, resolve_model
 from indistill_cli.stages.session import Session
 
 SUMMARY_METRICS = ("best_epoch", "val_top1", "val_map", "images_per_sec", "peak_memory_mb")
@@ -95,7 +94,7 @@ class Distill(Stage):
         st = self.student_r = resolve_model(self.student_arg, s.ds.info, "student", seed=self.opts.seed)
         self.opt_state, self.optim, self.epochs = self.plan_for(st)
         self.bind_state(s, parents=[t.parent().get("sha256") or t.name, st.parent().get("sha256") or st.name])
-        teacher = frozen(t.model, rt.device, rt.channels_last)
+        teacher = fed_by(frozen(t.model, rt.device, rt.channels_last), t.spec, st.spec, s.ds.info)
         student = self.student = sync_batchnorm(st.model.to(rt.device), rt, self.opts.sync_bn)
         if rt.channels_last:
             student = self.student = student.to(memory_format=torch.channels_last)
@@ -155,7 +154,9 @@ class Distill(Stage):
         shared = (tck is not None and fck.info.get("pruning", {}).get("mode") == "probe" and fck.spec == tck.spec
                   and fck.state.keys() == tck.state.keys()
                   and all(torch.equal(fck.state[k], tck.state[k]) for k in tck.state))
-        flow = FlowPair(frozen(model_from_checkpoint(fck), s.rt.device, s.rt.channels_last), student, pairs)
+        fteacher = fed_by(frozen(create_model(fck).model, s.rt.device, s.rt.channels_last), fck.spec,
+                          self.student_r.spec, s.ds.info)
+        flow = FlowPair(fteacher, student, pairs)
         fixed = s.first_images(s.val_split or "test", self.student_r.spec, self.flow_images)
         self.curves.update({p.student_tap: [v] for p, v in zip(pairs, flow_mse(flow, fixed, s.rt))})
         return flow, fixed, shared
@@ -189,7 +190,7 @@ class Distill(Stage):
         run_phases(method_phases(distiller), distiller, teacher, loader, rt, self.optim, self.state,
                    self.opts.skip_nonfinite, log)
         step = distiller_step(distiller, teacher, rt)
-        emb_tap = self.student_r.spec["embedding"]["name"] if self.chosen == "map" else None
+        emb_tap = self.student_r.spec.embedding.name if self.chosen == "map" else None
 
         def validate(epoch: int) -> dict[str, float]:
             out: dict[str, float] = {}
@@ -241,7 +242,7 @@ class Distill(Stage):
         metrics = {k: summary[k] for k in SUMMARY_METRICS if summary[k] is not None}
         hist = st.history + [history_entry(
             "distill", options, [t.parent(), st.parent()], metrics, self.wall_s, s.ds.info.name,
-            from_warmup=self.from_warmup, teacher=spec_name(t.spec), curve=self.res.history, device=s.rt.describe(),
+            from_warmup=self.from_warmup, teacher=t.spec.name, curve=self.res.history, device=s.rt.describe(),
             **({"curves": summary["curves"]} if summary.get("curves") else {}),
             **({"phases": self.phase_log} if self.phase_log else {}))]
         summary["sha256"] = write_model(self.out, self.res.best_state, st.spec, hist, {"dataset": s.ds.info.as_dict()})
@@ -270,7 +271,7 @@ def build_methods(specs: list[MethodSpec], teacher_r: Resolved, student_r: Resol
                   student: nn.Module, tap_pairs: list[str], embedding_pair: str | None,
                   s: Session) -> tuple[list[list[tuple[str, str]]], list[nn.Module]]:
     """Each method's (teacher tap, student tap) pairs and its loss module, sized by one probing forward."""
-    probe = torch.zeros(2, teacher_r.spec["in_channels"], *teacher_r.spec["input_size"], device=s.rt.device)
+    probe = torch.zeros(2, student_r.spec.in_channels, *student_r.spec.input_size, device=s.rt.device)  # a batch
     pairs_all, loss_mods = [], []
     for m in specs:
         cls = losses.get(m.name)

@@ -23,6 +23,7 @@ from indistill_cli.errors import BadInput
 from indistill_cli.losses.base import NON_NEGATIVE, DistillLoss, Feats, KDBatch, Phase
 from indistill_cli.metrics.flow import mse
 from indistill_cli.io.atomic import atomic_write
+from indistill_cli.io.spec import ModelSpec
 from indistill_cli.models.taps import PRE, TapSet, as_vector
 from indistill_cli.pruning.pairing import pair_taps
 
@@ -267,7 +268,7 @@ def vector_flags(cls: type, n: int) -> list[bool]:
     return [False] * (n - 1) + [True] if getattr(cls, "with_embedding", False) and n else [False] * n
 
 
-def method_pairs(kind: str, t_spec: dict[str, Any], s_spec: dict[str, Any], tap_pairs: list[str],
+def method_pairs(kind: str, t_spec: ModelSpec, s_spec: ModelSpec, tap_pairs: list[str],
                  emb_pair: str | None, preact: str = "", embedding: bool = False) -> list[tuple[str, str]]:
     """The (teacher tap, student tap) pairs a method of this `kind` reads: none for logits, the embeddings
     (or --embedding-tap), or the paired taps (default pairing, or --tap), read before their final ReLU
@@ -279,9 +280,9 @@ def method_pairs(kind: str, t_spec: dict[str, Any], s_spec: dict[str, Any], tap_
             t, _, s = emb_pair.partition(":")
             if not t or not s:
                 raise BadInput(f"--embedding-tap {emb_pair}: expected TEACHER_TAP:STUDENT_TAP, e.g. "
-                               f"{t_spec['embedding']['name']}:{s_spec['embedding']['name']}")
+                               f"{t_spec.embedding.name}:{s_spec.embedding.name}")
             return [(t, s)]
-        return [(t_spec["embedding"]["name"], s_spec["embedding"]["name"])]
+        return [(t_spec.embedding.name, s_spec.embedding.name)]
     pairs = pair_taps(t_spec, s_spec, tap_pairs, option="--tap")
     pairs = [(t + PRE if preact else t, s + PRE if preact == "both" else s) for t, s in pairs]
     return pairs + (method_pairs("embedding", t_spec, s_spec, [], emb_pair) if embedding else [])

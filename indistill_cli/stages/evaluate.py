@@ -12,27 +12,26 @@ from indistill_cli.data import check_compatible
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import load_checkpoint
 from indistill_cli.metrics import agreement, classify, flow_mse
-from indistill_cli.models import spec_name
-from indistill_cli.pruning.rebuild import model_from_checkpoint
+from indistill_cli.models import ModelSpec, create_model
 from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
 from indistill_cli.stages.base import Stage
 from indistill_cli.stages.options import RunOptions
-from indistill_cli.stages.resolve import frozen, resolve_model
+from indistill_cli.stages.resolve import fed_by, frozen, resolve_model
 from indistill_cli.stages.session import Session
 
 
-def flow_report(student: torch.nn.Module, student_spec: dict[str, Any], teacher_arg: str, s: Session, split: str,
+def flow_report(student: torch.nn.Module, student_spec: ModelSpec, teacher_arg: str, s: Session, split: str,
                 max_images: int, plot: str | None) -> dict[str, Any]:
     """The information-flow view: per paired tap MSE to the (pruned) teacher's target, and agreement."""
     ck = load_checkpoint(teacher_arg)
     if ck.role not in ("model", "pruned-teacher"):
         raise BadInput(f"--teacher {ck.source}: a {ck.role} checkpoint is not a teacher")
     check_compatible(s.ds.info, ck.spec, f"teacher {ck.source}")
-    teacher = frozen(model_from_checkpoint(ck), s.rt.device)
+    teacher = fed_by(frozen(create_model(ck).model, s.rt.device), ck.spec, student_spec, s.ds.info)
     student.eval()
     batches = s.first_images(split, student_spec, max_images)
     n = sum(int(b.shape[0]) for b in batches)
-    out: dict[str, Any] = {"teacher": spec_name(ck.spec), "teacher_checkpoint": ck.source, "flow_images": n,
+    out: dict[str, Any] = {"teacher": ck.spec.name, "teacher_checkpoint": ck.source, "flow_images": n,
                            "agreement": agreement(student, teacher, batches)}
     try:
         pairs = pairs_from_teacher(ck, student_spec)

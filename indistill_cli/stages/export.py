@@ -1,5 +1,7 @@
 """`indistill export`: a checkpoint as a deployable file (ONNX, or a `torch.export` .pt2 program) that gives
-the checkpoint's outputs, proved by a parity check before the file is written.
+the checkpoint's outputs, proved by a parity check before the file is written; or, with `--format state-dict`,
+the way back to the user's own code: the model's plain state dict as safetensors, which
+`timm.create_model(..., checkpoint_path=)` or a torchvision model's `load_state_dict` reads.
 
 The file is built in memory, run (onnxruntime on CPU, or the loaded program) on a real batch of the
 checkpoint's dataset beside the eager model, and written (atomically) only when the largest absolute
@@ -19,14 +21,13 @@ from indistill_cli.data import check_compatible, load_dataset, make_loader
 from indistill_cli.errors import BadInput, RunFailure
 from indistill_cli.io.atomic import atomic_write
 from indistill_cli.io.checkpoint import Checkpoint, load_checkpoint
-from indistill_cli.models import spec_name
+from indistill_cli.models import create_model
 from indistill_cli.models import export as ex
-from indistill_cli.pruning.rebuild import model_from_checkpoint
 from indistill_cli.stages.base import Stage
 from indistill_cli.stages.options import RunOptions
-from indistill_cli.stages.session import Session
+from indistill_cli.stages.session import Session, loader_norm
 
-FORMATS = {".onnx": "onnx", ".pt2": "torch-export"}
+FORMATS = {".onnx": "onnx", ".pt2": "torch-export", ".safetensors": "state-dict"}
 OUTPUTS = ("logits", "embedding")
 
 
@@ -44,7 +45,7 @@ def deployable_checkpoint(src: str) -> Checkpoint:
 
 def norm_of(ck: Checkpoint) -> dict[str, Any]:
     """The normalisation the model was trained with: its spec's, else its dataset's."""
-    norm = ck.spec.get("norm") or {}
+    norm = ck.spec.norm
     ds = ck.info.get("dataset") or {}
     return norm if norm.get("mean") else {"mean": ds.get("mean"), "std": ds.get("std")}
 
@@ -57,10 +58,10 @@ def parity_batch(ck: Checkpoint, opts: RunOptions, data: str | None, n: int) -> 
     try:
         if not name:
             raise BadInput("the checkpoint names no dataset")
-        ds = load_dataset(name, 0.0, opts.data_root, int(spec["input_size"][0]), seed=0, download=False)
+        ds = load_dataset(name, 0.0, opts.data_root, int(spec.input_size[0]), seed=0, download=False)
         check_compatible(ds.info, spec, ck.source)
-        loader = make_loader(ds.test, ds.info, n, model_channels=spec["in_channels"],
-                             model_size=tuple(spec["input_size"]))
+        loader = make_loader(ds.test, ds.info, n, model_channels=spec.in_channels, model_size=spec.input_size,
+                             model_norm=loader_norm(spec, ds.info))
         x = next(iter(loader)).x.contiguous()
         return x, f"{len(x)} test images of {ds.info.name}"
     except BadInput as e:
@@ -68,7 +69,7 @@ def parity_batch(ck: Checkpoint, opts: RunOptions, data: str | None, n: int) -> 
             raise
         progress.warn(f"parity checked on random inputs: {e}")
     g = torch.Generator().manual_seed(0)
-    return torch.randn(n, spec["in_channels"], *spec["input_size"], generator=g), f"{n} random inputs"
+    return torch.randn(n, spec.in_channels, *spec.input_size, generator=g), f"{n} random inputs"
 
 
 class Export(Stage):
@@ -84,13 +85,17 @@ class Export(Stage):
 
     def check(self) -> None:
         if self.out == "-":
-            raise BadInput("-o -: export writes a file (model.onnx or model.pt2), not stdout")
+            raise BadInput("-o -: export writes a file (model.onnx, model.pt2 or weights.safetensors), not stdout")
         if self.fmt == "auto":
             self.fmt = FORMATS.get(Path(self.out).suffix.lower(), "")
             if not self.fmt:
-                raise BadInput(f"-o {self.out}: name it .onnx or .pt2, or give --format onnx|torch-export")
+                raise BadInput(f"-o {self.out}: name it .onnx, .pt2 or .safetensors (a plain state dict), or give "
+                               f"--format onnx|torch-export|state-dict")
         if self.fmt not in FORMATS.values():
-            raise BadInput(f"--format must be auto, onnx or torch-export, got '{self.fmt}'")
+            raise BadInput(f"--format must be auto, onnx, torch-export or state-dict, got '{self.fmt}'")
+        if self.fmt == "state-dict" and (self.output != "logits" or self.include_normalize):
+            raise BadInput("--format state-dict writes the model's weights as they are: --output embedding and "
+                           "--include-normalize apply to onnx / torch-export")
         if self.output not in OUTPUTS:
             raise BadInput(f"--output must be logits or embedding, got '{self.output}' (the file is -o/--out)")
         if not (math.isfinite(self.tolerance) and self.tolerance > 0):
@@ -102,6 +107,9 @@ class Export(Stage):
 
     def prepare(self) -> None:
         self.ck = deployable_checkpoint(self.ckpt)
+        if self.fmt == "state-dict" and self.ck.spec.structural_prune:
+            raise BadInput(f"{self.ck.source}: a structurally pruned teacher's weights do not fit {self.ck.spec.arch} "
+                           f"as published; export it with --format onnx or torch-export")
 
     def metadata(self, mean: list[float], std: list[float], dim: int) -> dict[str, Any]:
         """What a deployer needs beside the graph: preprocessing, input, output, provenance."""
@@ -109,21 +117,23 @@ class Export(Stage):
         fold = self.include_normalize
         return {
             "indistill_version": __version__, "source_checkpoint": Path(ck.source).name, "source_sha256": ck.sha256,
-            "model": spec_name(spec), "dataset": ds.get("name", ""), "classes": ds.get("classes", []),
-            "num_classes": spec["num_classes"], "in_channels": spec["in_channels"], "input_size": spec["input_size"],
+            "model": spec.name, "dataset": ds.get("name", ""), "classes": ds.get("classes", []),
+            "num_classes": spec.num_classes, "in_channels": spec.in_channels, "input_size": spec.input_size,
             "input": "float32 NCHW, pixels scaled to [0, 1] (normalised inside the graph)" if fold else
                      "float32 NCHW, (pixels / 255 - mean) / std per channel",
             "mean": mean, "std": std, "normalization": "inside" if fold else "outside",
-            "serving": ds.get("serving") or f"{spec['input_size'][0]}x{spec['input_size'][1]} images as they are",
+            "serving": ds.get("serving") or f"{spec.input_size[0]}x{spec.input_size[1]} images as they are",
             "output": self.output, "output_dim": dim,
-            "embedding_tap": spec["embedding"]["name"] if self.output == "embedding" else "",
+            "embedding_tap": spec.embedding.name if self.output == "embedding" else "",
         }
 
     def execute(self, s: Session) -> dict[str, Any]:
         ck = self.ck
-        model = model_from_checkpoint(ck).eval()
+        model = create_model(ck).model.eval()
+        if self.fmt == "state-dict":
+            return self.state_dict(model)
         mean, std = ex.model_norm(ck.spec, norm_of(ck))
-        tap = ck.spec["embedding"]["name"]
+        tap = ck.spec.embedding.name
         eager = ex.Deployable(model, self.output, tap)
         shipped = ex.Deployable(model, self.output, tap, mean, std) if self.include_normalize else eager
         x, source = parity_batch(ck, self.opts, self.data, self.parity_images)
@@ -132,7 +142,7 @@ class Export(Stage):
             dim = int(eager(x[:1]).shape[1])
         meta = self.metadata(mean, std, dim)
         with progress.bar() as bars:
-            bars.add_task(f"export {spec_name(ck.spec)} ({self.fmt})", total=None, status="")
+            bars.add_task(f"export {ck.spec.name} ({self.fmt})", total=None, status="")
             data, exporter = (ex.to_onnx if self.fmt == "onnx" else ex.to_pt2)(shipped, x_in[:2].clone(), meta)
         out: dict[str, Any] = {"output": self.out, "format": self.fmt, "exporter": exporter, "outputs": self.output,
                                "include_normalize": self.include_normalize, "bytes": len(data), "metadata": meta}
@@ -142,14 +152,32 @@ class Export(Stage):
         out["wall_s"] = round(self.wall(), 3)
         return out
 
+    def state_dict(self, model: torch.nn.Module) -> dict[str, Any]:
+        """The plain state dict, with what a reader needs in its metadata and how to load it."""
+        ck = self.ck
+        meta = {"model": ck.spec.name, "num_classes": ck.spec.num_classes, "in_channels": ck.spec.in_channels,
+                "input_size": list(ck.spec.input_size), "source_sha256": ck.sha256, "load_with": ex.load_hint(
+                    ck.spec, Path(self.out).name), **dict(zip(("mean", "std"), ex.model_norm(ck.spec, norm_of(ck))))}
+        data = self.data_bytes = ex.to_state_dict(model, meta)
+        out: dict[str, Any] = {"output": self.out, "format": self.fmt, "exporter": "safetensors", "outputs": "weights",
+                               "include_normalize": False, "bytes": len(data), "metadata": meta}
+        if self.check_parity:
+            eager = ex.Deployable(model, "logits", ck.spec.embedding.name)
+            x, source = parity_batch(ck, self.opts, self.data, self.parity_images)
+            out["parity"] = self.parity(data, eager, x, x, source)
+        out["wall_s"] = round(self.wall(), 3)
+        return out
+
     def parity(self, data: bytes, eager: ex.Deployable, x: torch.Tensor, x_in: torch.Tensor,
                source: str) -> dict[str, Any]:
         """Largest |exported - eager| on the batch; RunFailure (exit 1, nothing written) past the tolerance."""
-        run = ex.onnx_runner(data) if self.fmt == "onnx" else ex.pt2_runner(data)[0]
+        run = {"onnx": lambda: ex.onnx_runner(data), "torch-export": lambda: ex.pt2_runner(data)[0],
+               "state-dict": lambda: ex.state_dict_runner(data, self.ck.spec)}[self.fmt]()
         with torch.no_grad():
             want, got = eager(x), run(x_in)
         diff = float((got.float() - want.float()).abs().max()) if got.shape == want.shape else math.inf
-        where = "onnxruntime CPU" if self.fmt == "onnx" else "the loaded torch.export program"
+        where = {"onnx": "onnxruntime CPU", "torch-export": "the loaded torch.export program",
+                 "state-dict": "a fresh module loading the file"}[self.fmt]
         line = (f"parity: max |exported - eager| = {diff:.2e} on {source} ({where}; tolerance "
                 f"{self.tolerance:.0e}, {self.output})")
         if not diff <= self.tolerance:
@@ -165,6 +193,10 @@ class Export(Stage):
         summary["sha256"] = hashlib.sha256(self.data_bytes).hexdigest()
 
     def report(self, summary: dict[str, Any]) -> None:
+        if self.fmt == "state-dict":
+            progress.info(f"wrote {self.out} (a plain state dict, {summary['bytes'] / 1024:.0f} KiB); load it with: "
+                          f"{summary['metadata']['load_with']}")
+            return
         progress.info(f"wrote {self.out} ({summary['format']}, {summary['exporter']} exporter, "
                       f"{summary['bytes'] / 1024:.0f} KiB, {summary['outputs']}, dynamic batch)")
 

@@ -9,9 +9,8 @@ from indistill_cli import progress
 from indistill_cli.data import BUILTIN, PACKAGE_DATA, data_root, locate, serving_phrase
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import load_checkpoint
-from indistill_cli.models import list_models, make_spec, spec_name
+from indistill_cli.models import DataShape, create_model, list_models
 from indistill_cli.models.coverage import describe
-from indistill_cli.pruning.rebuild import model_from_checkpoint
 
 
 def inspect_checkpoint(src: str) -> dict[str, Any]:
@@ -19,7 +18,7 @@ def inspect_checkpoint(src: str) -> dict[str, Any]:
     c = load_checkpoint(src)
     n_params = sum(int(t.numel()) for k, t in c.state.items() if t.is_floating_point() and "running_" not in k)
     out: dict[str, Any] = {
-        "path": c.source, "sha256": c.sha256, "role": c.role, "model": spec_name(c.spec), "spec": c.spec,
+        "path": c.source, "sha256": c.sha256, "role": c.role, "model": c.spec.name, "spec": c.spec.to_dict(),
         "parameters": n_params, "tensors": len(c.state), "extras": sorted(c.extras), "info": c.info,
         "history": c.history,
     }
@@ -28,10 +27,9 @@ def inspect_checkpoint(src: str) -> dict[str, Any]:
     if sees is not None:
         out["sees"] = sees
     progress.table(f"{c.source}: {c.role} {out['model']}", ["field", "value"], [
-        ["architecture", sp.get("arch")], ["width", sp.get("width")], ["input", f"{sp.get('in_channels')}x"
-         f"{'x'.join(str(v) for v in sp.get('input_size', []))}"], ["classes", sp.get("num_classes")],
-        ["parameters", f"{n_params:,}"], ["embedding", f"{sp.get('embedding', {}).get('name')} "
-                                                       f"({sp.get('embedding', {}).get('dim')}-d)"],
+        ["architecture", sp.arch], ["width", sp.width], ["input", f"{sp.in_channels}x"
+         f"{'x'.join(str(v) for v in sp.input_size)}"], ["classes", sp.num_classes],
+        ["parameters", f"{n_params:,}"], ["embedding", f"{sp.embedding.name} ({sp.embedding.dim}-d)"],
         ["dataset", c.info.get("dataset", {}).get("name", "?")],
         *([["images", "{images}; size: {size}; {channels} channel(s); cache: {cache}".format(**folder)]]
           if (folder := c.info.get("dataset", {}).get("folder")) else []),
@@ -39,9 +37,9 @@ def inspect_checkpoint(src: str) -> dict[str, Any]:
     pruning = c.info.get("pruning")
     kept = {p["teacher_tap"]: p for p in pruning["pairs"]} if pruning else {}
     rows = []
-    for t in sp.get("taps", []):
-        p = kept.get(t["name"])
-        rows.append([t["name"], t["channels"], t["stride"], "x".join(map(str, t.get("size", []))),
+    for t in sp.taps:
+        p = kept.get(t.name)
+        rows.append([t.name, t.channels, t.stride, "x".join(map(str, t.size or ())),
                      f"{p['kept']} ({p['student_tap']})" if p else ""])
     progress.table("taps", ["tap", "channels", "stride", "size", "kept (pairs with)"], rows)
     if pruning:
@@ -61,10 +59,10 @@ def _sees(c: Any) -> dict[str, Any] | None:
     if c.role not in ("model", "pruned-teacher"):
         return None
     ds = c.info.get("dataset", {})
-    size = list(c.spec.get("input_size", []))
+    size = list(c.spec.input_size)
     stored = ds.get("source_size") or ds.get("image_size") or size
     try:
-        out = describe(model_from_checkpoint(c), c.spec, tuple(stored))
+        out = describe(create_model(c).model, c.spec, tuple(stored))
     except BadInput:
         return None
     out["serving"] = serving_phrase(stored, size)
@@ -75,12 +73,12 @@ def list_models_table() -> list[dict[str, Any]]:
     """Every native architecture with parameters and taps at CIFAR shape (3x32x32, 10 classes)."""
     rows, out = [], []
     for e in list_models():
-        spec, model = make_spec(e.name, 3, 10, (32, 32))
+        spec, model = create_model(e.name, DataShape(3, 10, (32, 32)))
         n = sum(p.numel() for p in model.parameters())
-        taps = " ".join(f"{t['name']}:{t['channels']}/s{t['stride']}" for t in spec["taps"])
-        rows.append([e.name, e.family, f"{n / 1e6:.2f}M", taps, spec["embedding"]["dim"], e.summary])
-        out.append({"name": e.name, "family": e.family, "parameters": n, "taps": spec["taps"],
-                    "embedding": spec["embedding"], "summary": e.summary})
+        taps = " ".join(f"{t.name}:{t.channels}/s{t.stride}" for t in spec.taps)
+        rows.append([e.name, e.family, f"{n / 1e6:.2f}M", taps, spec.embedding.dim, e.summary])
+        out.append({"name": e.name, "family": e.family, "parameters": n, "taps": [t.to_dict() for t in spec.taps],
+                    "embedding": spec.embedding.to_dict(), "summary": e.summary})
     progress.table("models (3x32x32, 10 classes; any native name takes -wX, e.g. resnet20-w0.5; "
                    "also timm:NAME and tv:NAME)", ["name", "family", "params", "taps (name:channels/stride)",
                                                    "emb", "about"], rows)

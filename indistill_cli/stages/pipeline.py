@@ -33,8 +33,7 @@ from indistill_cli.io import jsontext
 from indistill_cli.io.atomic import atomic_write
 from indistill_cli.io.checkpoint import load_checkpoint, looks_like_checkpoint
 from indistill_cli.metrics.scores import Scores
-from indistill_cli.models import make_spec
-from indistill_cli.pruning.rebuild import build
+from indistill_cli.models import create_model
 from indistill_cli.stages.chain import (KD, Chain, Curriculum, Link, distill_link, planned, reference_links,
                                         reference_student_optim, warmup_link, with_milestone)
 from indistill_cli.stages.curriculum import epochs_per_tap
@@ -192,10 +191,10 @@ def _report_stages(cfg: PipelineConfig, final: str, stages: list[PlannedStage]) 
 def warmup_epochs(cfg: PipelineConfig) -> int:
     """The warmup's epochs for this student (its number of taps on the curriculum)."""
     if looks_like_checkpoint(cfg.student):
-        taps = len(load_checkpoint(cfg.student).spec["taps"])
+        taps = len(load_checkpoint(cfg.student).spec.taps)
     else:
         info = load_dataset(cfg.opts.data, cfg.opts.val_fraction, cfg.opts.data_root, cfg.opts.image_size).info
-        taps = len(make_spec(cfg.student, info.in_channels, info.num_classes, info.image_size)[0]["taps"])
+        taps = len(create_model(cfg.student, info.shape).spec.taps)
     return sum(epochs_per_tap(taps, cfg.a, cfg.b, cfg.epochs_per_tap))
 
 
@@ -210,8 +209,8 @@ def estimate(cfg: PipelineConfig, stages: list[PlannedStage]) -> dict[str, float
 
     def model_of(name: str) -> Any:
         if looks_like_checkpoint(name):
-            return build(load_checkpoint(name).spec)
-        return make_spec(name, info.in_channels, info.num_classes, info.image_size)[1]
+            return create_model(load_checkpoint(name).spec).model
+        return create_model(name, info.shape).model
 
     def ips(model: Any, train: bool = True) -> float:
         bs = min(cfg.opts.batch_size, 64)

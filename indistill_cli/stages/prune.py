@@ -19,6 +19,7 @@ from indistill_cli.engine.schedule import OptimConfig, resolve_select
 from indistill_cli.errors import BadInput, RunFailure
 from indistill_cli.io.checkpoint import load_checkpoint, looks_like_checkpoint
 from indistill_cli.io.history import history_entry, write_model
+from indistill_cli.io.spec import ModelSpec
 from indistill_cli.metrics import classify
 from indistill_cli.pruning.pairing import check_pairs, pair_taps, parse_pair
 from indistill_cli.pruning.plan import (KEEP_PREFIX, TapPlan, chained_model, check_method, plan_pruning,
@@ -32,7 +33,7 @@ from indistill_cli.stages.session import Session
 ACTIVATION_BATCHES = 4  # validation batches averaged for the `activation` criterion
 
 
-def _accuracy(model: nn.Module, spec: dict[str, Any], s: Session) -> float | None:
+def _accuracy(model: nn.Module, spec: ModelSpec, s: Session) -> float | None:
     if s.val_split is None:
         return None
     return float(classify(model, s.eval_loader("val", spec, shard=False), s.rt, s.ds.info.num_classes)["top1"])
@@ -93,12 +94,12 @@ class Prune(Stage):
                 raise BadInput(f"{tckpt.source}: records no dataset; pass --data")
             self.opts.data = name
         if self.opts.image_size is None and str(self.opts.data).startswith("imagefolder:"):
-            self.opts.image_size = int(tckpt.spec["input_size"][0])
+            self.opts.image_size = int(tckpt.spec.input_size[0])
         if looks_like_checkpoint(self.like):
             sck = load_checkpoint(self.like, role="model")
-            if int(sck.spec.get("num_classes", -1)) != int(tckpt.spec["num_classes"]):
-                raise BadInput(f"student {sck.source} has {sck.spec.get('num_classes')} classes but teacher "
-                               f"{tckpt.source} has {tckpt.spec['num_classes']}: prune against a student for the "
+            if sck.spec.num_classes != tckpt.spec.num_classes:
+                raise BadInput(f"student {sck.source} has {sck.spec.num_classes} classes but teacher "
+                               f"{tckpt.source} has {tckpt.spec.num_classes}: prune against a student for the "
                                f"same labels")
 
     def execute(self, s: Session) -> dict[str, Any]:
@@ -156,7 +157,7 @@ class Prune(Stage):
         except Exception as e:  # noqa: BLE001 - informational; the probe checkpoint does not depend on it
             acc["chained"] = None
             progress.info(f"(no chained-equivalent accuracy for this teacher: {_first_line(e)})")
-        return {k: v.detach().cpu() for k, v in teacher.state_dict().items()}, dict(t.spec)
+        return {k: v.detach().cpu() for k, v in teacher.state_dict().items()}, t.spec
 
     def chained(self, teacher: nn.Module, s: Session) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """A structurally pruned teacher, fine-tuned with --finetune."""
@@ -193,7 +194,7 @@ class Prune(Stage):
             extra["curve"] = fit.history
         hist = t.history + [history_entry("prune", options, [t.parent(), st.parent()], metrics, self.wall_s,
                                           s.ds.info.name, **extra)]
-        pruning = {"criterion": self.criterion, "mode": self.mode, "student": st.name, "student_spec": st.spec,
+        pruning = {"criterion": self.criterion, "mode": self.mode, "student": st.name, "student_spec": st.spec.to_dict(),
                    "pairs": self.records}
         extras = {KEEP_PREFIX + p.teacher_tap: p.keep.to(torch.int64).cpu() for p in self.plans}
         summary["sha256"] = write_model(self.out, self.weights, self.spec, hist,

@@ -12,8 +12,9 @@ import torch.nn as nn
 from indistill_cli.data import DataInfo, check_compatible
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import Checkpoint, load_checkpoint, looks_like_checkpoint
-from indistill_cli.models import make_spec, spec_name
-from indistill_cli.pruning.rebuild import model_from_checkpoint
+from indistill_cli.models import ModelSpec, create_model
+from indistill_cli.models.inputs import feed_from
+from indistill_cli.stages.session import loader_norm
 
 
 @dataclass
@@ -21,13 +22,13 @@ class Resolved:
     """A model given on the command line: the module, its spec, and the checkpoint it came from."""
 
     model: nn.Module
-    spec: dict[str, Any]
+    spec: ModelSpec
     ckpt: Checkpoint | None  # None when built fresh from a name
     init_seed: int | None = None  # the seed a fresh model's weights were drawn with
 
     @property
     def name(self) -> str:
-        return spec_name(self.spec)
+        return self.spec.name
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -44,19 +45,18 @@ def resolve_model(arg: str, info: DataInfo, what: str = "student", trained: bool
     """A checkpoint (verified, fitted to the data) or a fresh model from an architecture name.
 
     A fresh model's weights depend on (architecture, data shape, `seed`) only, so `train`, `warmup`,
-    `distill` and `pipeline` given one --seed start from the same student (see `make_spec`)."""
+    `distill` and `pipeline` given one --seed start from the same student (see `create_model`)."""
     if looks_like_checkpoint(arg):
         ckpt = load_checkpoint(arg)
         if ckpt.role == "embeddings" or (role is not None and ckpt.role != role):
             raise BadInput(_wrong_role(ckpt, what))
         check_compatible(info, ckpt.spec, f"{what} {ckpt.source}")
-        return Resolved(model_from_checkpoint(ckpt), ckpt.spec, ckpt)
+        return Resolved(create_model(ckpt).model, ckpt.spec, ckpt)
     if trained and not pretrained:
         raise BadInput(f"--{what} '{arg}' is an architecture name, but a {what} needs trained weights: train one "
                        f"with `indistill train {arg} --data ...` and pass the checkpoint, or add --pretrained for "
                        f"hub models on machines that reach the hub")
-    spec, model = make_spec(arg, info.in_channels, info.num_classes, info.image_size,
-                            {"mean": info.mean, "std": info.std}, pretrained=pretrained, seed=seed)
+    spec, model = create_model(arg, info.shape, seed, pretrained=pretrained)
     return Resolved(model, spec, None, seed)
 
 
@@ -69,6 +69,34 @@ def _wrong_role(ckpt: Checkpoint, what: str) -> str:
         return (f"{ckpt.source}: is a pruned-teacher checkpoint (from `indistill prune`), not a {what}; pass the "
                 f"{what}'s own checkpoint or an architecture name (a pruned teacher goes to `warmup --teacher`)")
     return f"{ckpt.source}: is a {ckpt.role} checkpoint, expected a model checkpoint for the {what}"
+
+
+def fed_by(teacher: nn.Module, t_spec: ModelSpec, s_spec: ModelSpec, info: DataInfo) -> nn.Module:
+    """A teacher given the student's batches: its input re-normalised / channel-adapted when the two models
+    expect different inputs (models.inputs); unchanged when they expect the same."""
+    data = (list(info.mean), list(info.std))
+    feed_from(teacher, loader_norm(s_spec, info) or data, s_spec.in_channels, loader_norm(t_spec, info) or data,
+              t_spec.in_channels)
+    if tuple(t_spec.input_size) != tuple(s_spec.input_size):
+        _check_runs_at(teacher, t_spec, s_spec)
+    return teacher
+
+
+def _check_runs_at(teacher: nn.Module, t_spec: ModelSpec, s_spec: ModelSpec) -> None:
+    """A teacher built for another input size than the student's batches: one probing forward, so a model that
+    cannot take that size (a ViT's fixed patch grid, a classifier sized for one map) is one line, not a
+    traceback in the first training step. Convolutional teachers that take any size pass unchanged."""
+    import torch
+
+    p = next(iter(teacher.parameters()), None)
+    x = torch.zeros(1, s_spec.in_channels, *s_spec.input_size, device=p.device if p is not None else None)
+    try:
+        with torch.no_grad():
+            teacher(x)
+    except Exception:  # noqa: BLE001 - any failure at this size is the size mismatch
+        (h, w), (sh, sw) = t_spec.input_size, s_spec.input_size
+        raise BadInput(f"teacher {t_spec.name} was built for {h}x{w} inputs and cannot run on the student's {sh}x{sw} "
+                       f"batches; pass --image-size {h} (the teacher's size)") from None
 
 
 def frozen(model: nn.Module, device: Any, channels_last: bool = False) -> nn.Module:

@@ -20,12 +20,12 @@ from indistill_cli.data import DataInfo, Split, TensorLoader, make_loader
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from indistill_cli.metrics import MAP_MODES, nearest, retrieval_metrics
-from indistill_cli.models import spec_name
+from indistill_cli.models import ModelSpec
 from indistill_cli.models.taps import TapSet, as_vector
 from indistill_cli.stages.base import Stage
 from indistill_cli.stages.options import RunOptions
 from indistill_cli.stages.resolve import resolve_model
-from indistill_cli.stages.session import Session
+from indistill_cli.stages.session import Session, loader_norm
 
 
 @torch.inference_mode()
@@ -43,18 +43,19 @@ def embed(model: nn.Module, tap: str, loader: Any, label: str) -> tuple[torch.Te
     return torch.cat(embs), torch.cat(labels)
 
 
-def _split_loader(s: Session, name: str, spec: dict[str, Any]) -> tuple[Any, str]:
+def _split_loader(s: Session, name: str, spec: ModelSpec) -> tuple[Any, str]:
     """A split name (train/val/test) or imagefolder:PATH (class sub-folders) as an eval loader."""
     if name.startswith("imagefolder:"):
         from indistill_cli.data.folder import scan
 
         folder = scan(Path(name.split(":", 1)[1]), list(s.ds.info.classes))
         return make_loader(folder, s.ds.info, s.opts.eval_batch_size, device=s.rt.device,
-                           model_channels=spec["in_channels"], model_size=tuple(spec["input_size"])), name
+                           model_channels=spec.in_channels, model_size=spec.input_size,
+                           model_norm=loader_norm(spec, s.ds.info)), name
     return s.eval_loader(name, spec, shard=False), name
 
 
-def load_image(path: str, info: DataInfo, spec: dict[str, Any], device: torch.device) -> torch.Tensor:
+def load_image(path: str, info: DataInfo, spec: ModelSpec, device: torch.device) -> torch.Tensor:
     """One image file as a normalised (1, C, H, W) batch the model accepts."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2.functional import pil_to_tensor
@@ -69,7 +70,8 @@ def load_image(path: str, info: DataInfo, spec: dict[str, Any], device: torch.de
     img = torch.nn.functional.interpolate(img[None].float(), size=tuple(info.stored_size), mode="bilinear",
                                           antialias=True, align_corners=False).round().clamp(0, 255).byte()
     loader = TensorLoader(Split(img, torch.zeros(1, dtype=torch.long)), info, 1, device=device,
-                          model_channels=spec["in_channels"], model_size=tuple(spec["input_size"]))
+                          model_channels=spec.in_channels, model_size=spec.input_size,
+                          model_norm=loader_norm(spec, info))
     return next(iter(loader)).x
 
 
@@ -122,7 +124,7 @@ class Retrieve(Stage):
             q_e, q_y = emb.extras["queries/embeddings"], emb.extras["queries/labels"]
         except KeyError as e:
             raise BadInput(f"{self.index}: embeddings file lacks {e}") from None
-        result.update({"model": spec_name(emb.spec), "tap": emb.info.get("tap"), "index": self.index,
+        result.update({"model": emb.spec.name, "tap": emb.info.get("tap"), "index": self.index,
                        "database": emb.info.get("database"), "queries": emb.info.get("queries")})
         if self.tap and self.tap != emb.info.get("tap"):
             raise BadInput(f"--index {self.index} holds tap '{emb.info.get('tap')}' embeddings, not '{self.tap}'")
@@ -133,7 +135,7 @@ class Retrieve(Stage):
         """The model's embeddings of the database and the queries (and --export of them)."""
         m, model = self.m, self.model
         assert m is not None and model is not None
-        tap = self.tap_name = self.tap or m.spec["embedding"]["name"]
+        tap = self.tap_name = self.tap or m.spec.embedding.name
         TapSet(model, [tap]).close()  # validates the tap name with a did-you-mean
         db_loader, db_name = _split_loader(s, self.database, m.spec)
         q_loader, q_name = _split_loader(s, self.queries, m.spec)

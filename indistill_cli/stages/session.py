@@ -10,32 +10,39 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from indistill_cli.data import Dataset, load_dataset, make_loader
+from indistill_cli.data import DataInfo, Dataset, load_dataset, make_loader
 from indistill_cli.data.memory import check_fits
 from indistill_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
-from indistill_cli.models import spec_name
+from indistill_cli.models import ModelSpec, create_model
 from indistill_cli.models.footprint import activation_bytes
-from indistill_cli.pruning.rebuild import build
 from indistill_cli.stages.options import RunOptions
+
+
+def loader_norm(spec: ModelSpec, info: DataInfo) -> tuple[list[float], list[float]] | None:
+    """The normalisation a model's inputs need when it is not the data's: the one its spec records (an imported
+    or hub-pretrained model's weights expect theirs); None for a model trained on this data's."""
+    if spec.mean and spec.std and (spec.mean, spec.std) != (list(info.mean), list(info.std)):
+        return spec.mean, spec.std
+    return None
 
 
 @functools.lru_cache(maxsize=16)
 def _footprint(spec_json: str) -> tuple[int, int] | None:
-    spec = json.loads(spec_json)
-    return activation_bytes(lambda: build(spec), spec["in_channels"], tuple(spec["input_size"]))
+    spec = ModelSpec.from_dict(json.loads(spec_json))
+    return activation_bytes(lambda: create_model(spec).model, spec.in_channels, spec.input_size)
 
 
-def check_batch(spec: dict[str, Any], batch: int, training: bool, device: Any) -> None:
+def check_batch(spec: ModelSpec, batch: int, training: bool, device: Any) -> None:
     """Refuse a batch whose activations cannot fit in free memory, before one is made: the cost of one image
     (models.footprint) times the batch; half the leaf outputs while training (in-place ops, autocast), twice
     the largest one when only evaluating."""
-    per = _footprint(json.dumps(spec, sort_keys=True))
+    per = _footprint(json.dumps(spec.to_dict(), sort_keys=True))
     if per is None:
         return
     need = batch * (per[0] // 2 if training else 2 * per[1])
-    c, (h, w) = spec["in_channels"], spec["input_size"]
+    c, (h, w) = spec.in_channels, spec.input_size
     kind, opt = ("a training", "--batch-size") if training else ("an evaluation", "--eval-batch-size")
-    check_fits(need, f"{kind} batch of {batch} {c}x{h}x{w} images through {spec_name(spec)} (activations, at least)",
+    check_fits(need, f"{kind} batch of {batch} {c}x{h}x{w} images through {spec.name} (activations, at least)",
                f"lower {opt} or --image-size", device)
 
 
@@ -47,24 +54,25 @@ class Session:
     ds: Dataset  # None in a stage that reads no dataset (Stage.loads_data)
     opts: RunOptions
 
-    def train_loader(self, spec: dict[str, Any]) -> Any:
+    def train_loader(self, spec: ModelSpec) -> Any:
         n = len(self.ds.train)
         check_batch(spec, min(self.opts.batch_size, max(1, n // self.rt.world)), True, self.rt.device)
         return make_loader(self.ds.train, self.ds.info, self.opts.batch_size, device=self.rt.device, shuffle=True,
                            augment=self.opts.augment, seed=self.opts.seed,
                            drop_last=n // self.rt.world > self.opts.batch_size,
-                           model_channels=spec["in_channels"], model_size=tuple(spec["input_size"]),
+                           model_channels=spec.in_channels, model_size=spec.input_size,
                            rank=self.rt.rank, world=self.rt.world, channels_last=self.rt.channels_last,
-                           strict=self.opts.strict)
+                           strict=self.opts.strict, model_norm=loader_norm(spec, self.ds.info))
 
-    def eval_loader(self, split: str, spec: dict[str, Any], shard: bool = True) -> Any:
+    def eval_loader(self, split: str, spec: ModelSpec, shard: bool = True) -> Any:
         check_batch(spec, min(self.opts.eval_batch_size, len(self.ds.split(split))), False, self.rt.device)
         return make_loader(self.ds.split(split), self.ds.info, self.opts.eval_batch_size, device=self.rt.device,
-                           model_channels=spec["in_channels"], model_size=tuple(spec["input_size"]),
+                           model_channels=spec.in_channels, model_size=spec.input_size,
                            rank=self.rt.rank if shard else 0, world=self.rt.world if shard else 1,
-                           channels_last=self.rt.channels_last, strict=self.opts.strict)
+                           channels_last=self.rt.channels_last, strict=self.opts.strict,
+                           model_norm=loader_norm(spec, self.ds.info))
 
-    def first_images(self, split: str, spec: dict[str, Any], max_images: int) -> list[Any]:
+    def first_images(self, split: str, spec: ModelSpec, max_images: int) -> list[Any]:
         """The first `max_images` images of a split as model-ready batches, the same on every rank."""
         out, n = [], 0
         for b in self.eval_loader(split, spec, shard=False):

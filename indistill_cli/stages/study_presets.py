@@ -208,14 +208,14 @@ def curriculum_for(student: str, opts: RunOptions, a: float = 2.0, b: float = 1.
     """The reference curriculum (a + b*l epochs for tap l) for this student's taps, as '3,4,5'."""
     from indistill_cli.data import load_dataset
     from indistill_cli.io.checkpoint import load_checkpoint, looks_like_checkpoint
-    from indistill_cli.models import make_spec
+    from indistill_cli.models import create_model
     from indistill_cli.stages.curriculum import epochs_per_tap
 
     if looks_like_checkpoint(student):
-        taps = len(load_checkpoint(student).spec["taps"])
+        taps = len(load_checkpoint(student).spec.taps)
     else:
         info = load_dataset(opts.data, opts.val_fraction, opts.data_root, opts.image_size).info
-        taps = len(make_spec(student, info.in_channels, info.num_classes, info.image_size)[0]["taps"])
+        taps = len(create_model(student, info.shape).spec.taps)
     return ",".join(map(str, epochs_per_tap(taps, a, b)))
 
 

@@ -43,13 +43,13 @@ def val_map(spec: StudySpec, ckpt: str) -> float:
     check and the pilot use, so no decision looks at the test split."""
     from indistill_cli.io.checkpoint import load_checkpoint
     from indistill_cli.metrics import classify
-    from indistill_cli.pruning.rebuild import model_from_checkpoint
+    from indistill_cli.models import create_model
     from indistill_cli.stages.session import open_session
 
     s = open_session(opts_for(spec, 0, augment=False))
     ck = load_checkpoint(ckpt)
-    r = classify(model_from_checkpoint(ck), s.eval_loader("val", ck.spec), s.rt, s.ds.info.num_classes,
-                 ck.spec["embedding"]["name"])
+    r = classify(create_model(ck).model, s.eval_loader("val", ck.spec), s.rt, s.ds.info.num_classes,
+                 ck.spec.embedding.name)
     return 100 * r["map"]
 
 

@@ -72,11 +72,11 @@ class Train(Stage):
         info = {"dataset": s.ds.info.as_dict()}
         hist = m.history + [history_entry("train", options, [m.parent()], metrics, wall, s.ds.info.name,
                                           curve=res.history, device=s.rt.describe())]
-        summary["sha256"] = write_model(self.out, res.best_state, dict(m.spec), hist, info)
+        summary["sha256"] = write_model(self.out, res.best_state, m.spec, hist, info)
         lp = last_path(self.out) if self.save_last else None
         if lp:
             last = {k: v.detach() for k, v in self.model.state_dict().items()}
-            write_model(lp, last, dict(m.spec), m.history + [history_entry(
+            write_model(lp, last, m.spec, m.history + [history_entry(
                 "train", options, [m.parent()], res.final_metrics, wall, s.ds.info.name, note="last epoch",
                 device=s.rt.describe())], info)
             summary["last_output"] = lp

@@ -23,13 +23,12 @@ from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import load_checkpoint
 from indistill_cli.io.history import history_entry, write_model
 from indistill_cli.metrics.flow import flow_mse, mse
-from indistill_cli.models import spec_name
-from indistill_cli.pruning.rebuild import model_from_checkpoint
+from indistill_cli.models import create_model
 from indistill_cli.pruning.targets import FlowPair, StudentUpTo, pairs_from_teacher
 from indistill_cli.stages.base import Stage
 from indistill_cli.stages.curriculum import epochs_per_tap, phases, tap_of_epoch
 from indistill_cli.stages.options import RunOptions
-from indistill_cli.stages.resolve import frozen, resolve_model
+from indistill_cli.stages.resolve import fed_by, frozen, resolve_model
 from indistill_cli.stages.session import Session
 
 
@@ -107,7 +106,7 @@ class Warmup(Stage):
         if self.optim.plan_epochs and self.optim.plan_epochs <= sum(sched):
             raise BadInput(f"--plan-epochs {self.optim.plan_epochs}: the plan must be longer than the warmup's own "
                            f"{sum(sched)} epochs (it spans warmup + KD)")
-        teacher = frozen(model_from_checkpoint(ck), rt.device)
+        teacher = fed_by(frozen(create_model(ck).model, rt.device), ck.spec, student.spec, s.ds.info)
         model = sync_batchnorm(student.model.to(rt.device), rt, self.opts.sync_bn)
         broadcast_state(model, rt)  # every rank starts from rank 0's student (phases wrap only part of it in DDP)
         if rt.channels_last:
@@ -115,7 +114,7 @@ class Warmup(Stage):
         flow = FlowPair(teacher, model, pairs)
         fixed = s.first_images(s.val_split or "test", student.spec, self.flow_images)
         flow.announce_spatial(fixed[0])
-        progress.info(f"warmup {student.name} from {spec_name(ck.spec)} on {s.ds.info.name} ({rt.describe()}): "
+        progress.info(f"warmup {student.name} from {ck.spec.name} on {s.ds.info.name} ({rt.describe()}): "
                       + ", ".join(f"{p.teacher_tap}->{p.student_tap} {n} ep" for p, n in zip(pairs, sched)))
         self.names = [p.student_tap for p in pairs]
         curves = self.curves = {n: [v] for n, v in zip(self.names, flow_mse(flow, fixed, rt))}
@@ -162,7 +161,7 @@ class Warmup(Stage):
                                     for p, n in zip(pairs, sched)],
                           "epochs_per_tap": sched, "cumulative": self.cumulative, "initial_mse": self.initial,
                           "final_mse": self.final, "plan_epochs": self.optim.plan_epochs or sum(sched)}
-        return {"stage": "warmup", "student": self.student.name, "teacher": spec_name(ck.spec), "output": self.out,
+        return {"stage": "warmup", "student": self.student.name, "teacher": ck.spec.name, "output": self.out,
                 **self.warm_info, "curves": curves, "epochs": res.history,
                 **res.figures(),
                 "wall_s": round(self.wall_s, 2)}
@@ -173,7 +172,7 @@ class Warmup(Stage):
             from indistill_cli.io.plots import plot_flow
 
             spans = [(f"{self.names[t]}", lo, hi) for t, lo, hi in phases(sched)]
-            plot_flow(self.curves, self.plot, f"InDistill warmup: {spec_name(ck.spec)} -> {student.name}", spans)
+            plot_flow(self.curves, self.plot, f"InDistill warmup: {ck.spec.name} -> {student.name}", spans)
         options = {"a": self.a, "b": self.b, "epochs_per_tap": sched, "cumulative": self.cumulative,
                    "flow_images": self.flow_images, **self.optim.as_dict(), **self.opts.as_dict()}
         metrics = {"final_mse": self.final, "initial_mse": self.initial, "images_per_sec": summary["images_per_sec"]}
