@@ -96,9 +96,10 @@ PYEOF
 
 C=(--device "$DEV" "${DATA[@]}" --json)
 step env 60 "$PY" -c "
-import json, platform, torch, torchvision, timm
+import json, platform, subprocess, torch, torchvision, timm
+rev = subprocess.run(['git', 'rev-parse', '--short=10', 'HEAD'], capture_output=True, text=True).stdout.strip()
 d = {'python': platform.python_version(), 'torch': torch.__version__, 'torchvision': torchvision.__version__,
-     'timm': timm.__version__, 'cuda': torch.version.cuda, 'device': None}
+     'timm': timm.__version__, 'cuda': torch.version.cuda, 'device': None, 'revision': rev or 'unknown (no git)'}
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     d.update(device=p.name, memory_gib=round(p.total_memory / 2**30, 1), sms=p.multi_processor_count)

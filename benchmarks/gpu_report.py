@@ -123,7 +123,7 @@ def main() -> int:
     md = [f"# GPU check ({a.mode}): {env.get('device') or 'CPU'}", "",
           f"`bash benchmarks/gpu_check.sh{' --cpu' if a.mode == 'cpu' else ''}`; torch {env.get('torch')}, "
           f"torchvision {env.get('torchvision')}, timm {env.get('timm')}, CUDA {env.get('cuda')}, Python "
-          f"{env.get('python')}; {len(steps)} steps in {total:.0f} s; failed: {', '.join(failed) or 'none'}.", "",
+          f"{env.get('python')}; code revision {env.get('revision', 'unknown')}; {len(steps)} steps in {total:.0f} s; failed: {', '.join(failed) or 'none'}.", "",
           "## Steps", ""]
     md += table(["step", "exit", "expected", "wall s"],
                 [[n, str(s["rc"]), str(MUST_FAIL.get(n, 0)), f"{s['wall_s']:.1f}"] for n, s in steps.items()])
