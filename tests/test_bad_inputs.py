@@ -47,7 +47,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     from indistill_cli.cli import app
 
     d = tmp_path_factory.mktemp("bad_inputs")
-    f = {"teacher": _fresh(d / "teacher.safetensors", "cnn3"),
+    f = {"teacher": _fresh(d / "teacher.safetensors", "cnn3", size=32),  # the embedded set's size: runs with MINI
          "student": _fresh(d / "student.safetensors", "cnn3-w0.5"),
          "five": _fresh(d / "five.safetensors", "cnn3-w0.5", classes=5)}
     f["pruned"] = d / "pruned.safetensors"
