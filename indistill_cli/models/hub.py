@@ -217,11 +217,9 @@ def _feature_modules(model: nn.Module) -> list[str] | None:
     return names
 
 
-def _layouts(model: nn.Module, spec: ModelSpec, names: list[str]) -> dict[str, MapLayout]:
-    """How each tap's raw output becomes (N, C, H, W), from one probing forward at the spec's size."""
-    raw: dict[str, torch.Tensor] = {}
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda _m, _i, out, n=n: raw.__setitem__(n, out[0] if isinstance(out, (tuple, list)) else out)) for n in names]
+def _probing_forward(model: nn.Module, spec: ModelSpec, hooks: list[Any]) -> None:
+    """One eval-mode forward of zeros at the spec's size for `hooks` to record; removes them and restores the
+    model's mode whatever happens (the model is the user's: a probe must leave it as it was)."""
     was = model.training
     model.eval()
     try:
@@ -231,6 +229,14 @@ def _layouts(model: nn.Module, spec: ModelSpec, names: list[str]) -> dict[str, M
         for h in hooks:
             h.remove()
         model.train(was)
+
+
+def _layouts(model: nn.Module, spec: ModelSpec, names: list[str]) -> dict[str, MapLayout]:
+    """How each tap's raw output becomes (N, C, H, W), from one probing forward at the spec's size."""
+    raw: dict[str, torch.Tensor] = {}
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda _m, _i, out, n=n: raw.__setitem__(n, out[0] if isinstance(out, (tuple, list)) else out)) for n in names]
+    _probing_forward(model, spec, hooks)
     nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
     prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
     out: dict[str, MapLayout] = {}
@@ -268,15 +274,7 @@ def probe_resolution_changes(model: nn.Module, spec: ModelSpec) -> list[str]:
                 records.append((name, name.count("."), (int(out.shape[2]), int(out.shape[3]))))
 
         hooks.append(mod.register_forward_hook(hook))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, spec.in_channels, *spec.input_size))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    _probing_forward(model, spec, hooks)
     taps: list[str] = []
     run: list[tuple[str, int, tuple[int, int]]] = []
     for rec in records + [("", -1, (-1, -1))]:
