@@ -138,8 +138,9 @@ def run_job(preset: str, out_s: str, job: Job, threads: int) -> dict[str, Any]:
 
 
 def _dispatch(p: Preset, out: Path, job: Job) -> dict[str, Any]:
-    from indistill_cli.stages.distill import run_distill
     from indistill_cli.engine.schedule import OptimConfig
+    from indistill_cli.stages.commands import DistillSettings, PruneSettings, TrainSettings, WarmupSettings
+    from indistill_cli.stages.distill import run_distill
     from indistill_cli.stages.prune import run_prune
     from indistill_cli.stages.train import run_train
     from indistill_cli.stages.warmup import run_warmup
@@ -148,45 +149,62 @@ def _dispatch(p: Preset, out: Path, job: Job) -> dict[str, Any]:
     o = opts_for(p, job.seed)
     total = p.kd_epochs + p.warm_epochs
     if job.kind == "teacher":
-        r = run_train(p.teacher, w("teacher.safetensors"), p.teacher_epochs,
-                      OptimConfig("sgd", p.teacher_lr, schedule="cosine"), o, force=True, save_last=False)
+        r = run_train(TrainSettings(model=p.teacher, output=w("teacher.safetensors"), epochs=p.teacher_epochs,
+                                    optim=OptimConfig("sgd", p.teacher_lr, schedule="cosine"), opts=o, force=True,
+                                    last=False))
         return {"val_top1": r["val_top1"], "scores": scores(p, w("teacher.safetensors"))}
     if job.kind == "aux-ce":
-        r = run_train(p.aux, w("aux_ce.safetensors"), p.aux_epochs, student_optim(p.aux_epochs), o, force=True,
-                      save_last=False, select="last")
+        r = run_train(TrainSettings(model=p.aux, output=w("aux_ce.safetensors"), epochs=p.aux_epochs,
+                                    optim=student_optim(p.aux_epochs), opts=o, force=True, last=False, select="last"))
         return {"val_top1": r["val_top1"]}
     if job.kind == "aux-pkt":
-        run_distill(w("teacher.safetensors"), w("aux_ce.safetensors"), w("aux.safetensors"), ["pkt"], [], 0.0, [],
-                    None, p.aux_epochs, student_optim(p.aux_epochs), o, force=True, select="last")
+        run_distill(DistillSettings(teacher=w("teacher.safetensors"), student=w("aux_ce.safetensors"),
+                                    output=w("aux.safetensors"), method=["pkt"], ce=0.0, epochs=p.aux_epochs,
+                                    optim=student_optim(p.aux_epochs), opts=o, force=True, select="last"))
         return {"scores": scores(p, w("aux.safetensors"))}
     if job.kind == "prune":
-        r = run_prune(w("aux.safetensors"), p.student, w("aux_pruned.safetensors"), o, data_given=True, force=True)
+        r = run_prune(PruneSettings(teacher=w("aux.safetensors"), like=p.student, output=w("aux_pruned.safetensors"),
+                                    data=o.data, opts=o, force=True))
         return {"pairs": r["pairs"]}
     if job.kind == "gap":
         ce = w(f"pilot_ce_s{job.seed}.safetensors")
-        run_train(p.student, ce, total, student_optim(total), o, force=True, save_last=False, select="last")
+        run_train(TrainSettings(model=p.student, output=ce, epochs=total, optim=student_optim(total), opts=o,
+                                force=True, last=False, select="last"))
         return {"val_map": {"teacher": val_map(p, w("teacher.safetensors")), "auxiliary": val_map(p, w("aux.safetensors")),
                             "student_ce": val_map(p, ce)}}
     if job.kind == "warmup":
-        r = run_warmup(w("aux_pruned.safetensors"), p.student, w(f"warm_s{job.seed}.safetensors"),
-                       OptimConfig(**{**student_optim(total).as_dict(), "plan_epochs": total}), o,
-                       explicit=p.curriculum, force=True)
+        r = run_warmup(WarmupSettings(teacher=w("aux_pruned.safetensors"), student=p.student,
+                                      output=w(f"warm_s{job.seed}.safetensors"),
+                                      optim=OptimConfig(**{**student_optim(total).as_dict(), "plan_epochs": total}),
+                                      opts=o, epochs_per_tap=p.curriculum, force=True))
         return {"curves": r["curves"], "final_mse": r["final_mse"]}
-    # arms and pilot runs
+    return _arm(p, out, job)
+
+
+def _arm(p: Preset, out: Path, job: Job) -> dict[str, Any]:
+    """An arm of the study (or a pilot run): CE alone, or a KD method from a fresh or a warmed student."""
+    from indistill_cli.stages.commands import DistillSettings, TrainSettings
+    from indistill_cli.stages.distill import run_distill
+    from indistill_cli.stages.train import run_train
+
+    w = lambda name: _w(out, name)  # noqa: E731
+    o = opts_for(p, job.seed)
     spec = ARMS[job.arm]
     dest = w(f"{job.name}.safetensors")
     if spec["method"] is None:
-        run_train(p.student, dest, arm_epochs(p, job.arm), student_optim(arm_epochs(p, job.arm)), o, force=True,
-                  save_last=False, select="last")
+        run_train(TrainSettings(model=p.student, output=dest, epochs=arm_epochs(p, job.arm),
+                                optim=student_optim(arm_epochs(p, job.arm)), opts=o, force=True, last=False,
+                                select="last"))
         curves: dict[str, list[float]] = {}
     else:
         ce = 0.0 if spec["method"] == "pkt" else None  # the reference trains PKT without CE; KD: Hinton's 0.1
         student = w(f"warm_s{job.seed}.safetensors") if spec["warm"] else p.student
         n = arm_epochs(p, job.arm)
-        r = run_distill(w("aux.safetensors"), student, dest, [spec["method"]], [], ce, [], None,
-                        None if spec["warm"] else n, student_optim(n), o, force=True,
-                        flow_teacher=w("aux_pruned.safetensors"), select="last", continue_plan=spec["warm"],
-                        keep_flow=job.keep[0] if spec["keep"] else 0.0, keep_flow_decay=job.keep[1])
+        r = run_distill(DistillSettings(
+            teacher=w("aux.safetensors"), student=student, output=dest, method=[spec["method"]], ce=ce,
+            epochs=None if spec["warm"] else n, optim=student_optim(n), opts=o, force=True,
+            flow_teacher=w("aux_pruned.safetensors"), select="last", continue_plan=spec["warm"],
+            keep_flow=job.keep[0] if spec["keep"] else 0.0, keep_flow_decay=job.keep[1]))
         curves = r.get("curves", {})
     if job.kind == "pilot":
         return {"keep_flow": list(job.keep), "val_map": val_map(p, dest)}

@@ -110,6 +110,7 @@ def run_job(preset: str, out_s: str, job: Job, threads: int) -> dict[str, Any]:
 
 def _dispatch(p: Preset, out: Path, job: Job) -> dict[str, Any]:
     from indistill_cli.engine.schedule import OptimConfig
+    from indistill_cli.stages.commands import DistillSettings, PruneSettings, TrainSettings, WarmupSettings
     from indistill_cli.stages.distill import run_distill
     from indistill_cli.stages.prune import run_prune
     from indistill_cli.stages.train import run_train
@@ -117,25 +118,28 @@ def _dispatch(p: Preset, out: Path, job: Job) -> dict[str, Any]:
 
     o, e, total = opts_for(p, job.seed), p.kd_epochs, p.kd_epochs + p.warm_epochs
     if job.kind == "teacher":
-        r = run_train(p.teacher, _w(out, "teacher.safetensors"), p.teacher_epochs,
-                      OptimConfig("sgd", p.teacher_lr, schedule="cosine"), o, force=True, save_last=False)
+        r = run_train(TrainSettings(model=p.teacher, output=_w(out, "teacher.safetensors"), epochs=p.teacher_epochs,
+                                    optim=OptimConfig("sgd", p.teacher_lr, schedule="cosine"), opts=o, force=True,
+                                    last=False))
         return {"val_top1": r["val_top1"], "scores": scores(p, _w(out, "teacher.safetensors"))}
     if job.kind == "prune":
-        r = run_prune(_w(out, "teacher.safetensors"), p.student, _w(out, "pruned.safetensors"), o, data_given=True,
-                      force=True)
+        r = run_prune(PruneSettings(teacher=_w(out, "teacher.safetensors"), like=p.student,
+                                    output=_w(out, "pruned.safetensors"), data=o.data, opts=o, force=True))
         return {"pairs": r["pairs"]}
     if job.kind == "warmup":
-        r = run_warmup(_w(out, "pruned.safetensors"), p.student, _w(out, f"warm_s{job.seed}.safetensors"),
-                       OptimConfig(**{**student_optim(total).as_dict(), "plan_epochs": total}), o,
-                       explicit=p.curriculum, force=True)
+        r = run_warmup(WarmupSettings(teacher=_w(out, "pruned.safetensors"), student=p.student,
+                                      output=_w(out, f"warm_s{job.seed}.safetensors"),
+                                      optim=OptimConfig(**{**student_optim(total).as_dict(), "plan_epochs": total}),
+                                      opts=o, epochs_per_tap=p.curriculum, force=True))
         return {"final_mse": r["final_mse"], "initial_mse": r["initial_mse"]}
     method, params = method_args(job.method, e)
     warm = job.arm == "InD+M"
     n = total if job.arm == "M+W" else e
     dest = _w(out, f"{job.name}.safetensors")
     student = _w(out, f"warm_s{job.seed}.safetensors") if warm else p.student
-    r = run_distill(_w(out, "teacher.safetensors"), student, dest, [method], params, None, [], None,
-                    None if warm else n, student_optim(n), o, force=True, select="last", continue_plan=warm)
+    r = run_distill(DistillSettings(teacher=_w(out, "teacher.safetensors"), student=student, output=dest,
+                                    method=[method], param=params, epochs=None if warm else n, optim=student_optim(n),
+                                    opts=o, force=True, select="last", continue_plan=warm))
     return {"scores": scores(p, dest), "params": params, "ce": r["ce"], "epochs": r["epochs"],
             "phases": r.get("phases", []), "train_wall_s": r["wall_s"]}
 

@@ -40,12 +40,13 @@ def opts_for(p: Any, seed: int, **kw: Any) -> Any:
 
 def scores(p: Any, ckpt: str) -> dict[str, float]:
     """Test top-1 and the paper's retrieval endpoints (train split as the database, test as queries)."""
+    from indistill_cli.stages.commands import EvaluateSettings, RetrieveSettings
     from indistill_cli.stages.evaluate import run_evaluate
     from indistill_cli.stages.retrieve import run_retrieve
 
-    ev = run_evaluate(ckpt, "test", opts_for(p, 0, augment=False), per_class=False)
-    rt = run_retrieve(ckpt, opts_for(p, 0, val_fraction=0.0), None, "train", "test", "both", "exact", [100],
-                      None, None, None, 10, None)
+    ev_opts, rt_opts = opts_for(p, 0, augment=False), opts_for(p, 0, val_fraction=0.0)
+    ev = run_evaluate(EvaluateSettings(model=ckpt, per_class=False, batch_size=ev_opts.eval_batch_size, opts=ev_opts))
+    rt = run_retrieve(RetrieveSettings(model=ckpt, batch_size=rt_opts.eval_batch_size, opts=rt_opts))
     m = rt["metrics"]
     return {"top1": 100 * ev["top1"], "map_cosine": 100 * m["cosine"]["map"],
             "map_euclidean": 100 * m["euclidean"]["map"], "p100_cosine": 100 * m["cosine"]["precision@100"]}

@@ -5,7 +5,7 @@ from indistill_cli.cli.app import app
 
 # registered in this order, which `indistill --help` lists
 from indistill_cli.cli import (  # noqa: E402,F401,I001
-    train, prune, evaluate, inspect, warmup, distill, methods, retrieve, pipeline, compare, export)
+    train, prune, evaluate, inspect, warmup, distill, methods, retrieve, pipeline, compare, export, rerun)
 
 
 def main() -> None:

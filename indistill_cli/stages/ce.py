@@ -44,4 +44,4 @@ def fit_ce(model: torch.nn.Module, spec: dict[str, Any], s: Session, epochs: int
 
     engine = Engine(s.rt, optim, epochs, select=SELECT_KEYS[chosen], label=label,
                     skip_nonfinite=s.opts.skip_nonfinite, state=state)
-    return engine.fit(model, model, step, loader, validate)
+    return engine.fit(model, model, step, loader, validate, on_epoch=s.on_epoch)

@@ -20,8 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,72 +31,21 @@ from indistill_cli.errors import BadInput
 from indistill_cli.io import jsontext
 from indistill_cli.io.atomic import atomic_write
 from indistill_cli.io.checkpoint import load_checkpoint, looks_like_checkpoint
+from indistill_cli.io.trackers import Tracker, check_available, open_trackers
 from indistill_cli.models import make_spec
 from indistill_cli.pruning.rebuild import build
+from indistill_cli.stages.base import Stage
+from indistill_cli.stages.commands import (DistillSettings, EvaluateSettings, PipelineSettings, PruneSettings,
+                                           RetrieveSettings, TrainSettings, WarmupSettings,
+                                           reference_student_optim)
 from indistill_cli.stages.curriculum import epochs_per_tap
-from indistill_cli.stages.distill import run_distill
-from indistill_cli.stages.evaluate import run_evaluate
 from indistill_cli.stages.options import RunOptions
-from indistill_cli.stages.prune import run_prune
-from indistill_cli.stages.retrieve import run_retrieve
-from indistill_cli.stages.train import run_train
-from indistill_cli.stages.warmup import run_warmup
+from indistill_cli.stages.registry import stage_for
+from indistill_cli.stages.settings import StageSettings
+
+__all__ = ["MANIFEST", "PipelineSettings", "reference_student_optim", "run_pipeline", "with_milestone"]
 
 MANIFEST = "pipeline.json"
-
-
-@dataclass
-class PipelineConfig:
-    teacher: str
-    student: str
-    out_dir: str
-    opts: RunOptions
-    teacher_epochs: int = 30
-    teacher_optim: OptimConfig = field(default_factory=OptimConfig)
-    aux: str | None = None
-    aux_epochs: int = 20
-    aux_optim: OptimConfig = field(default_factory=lambda: OptimConfig("adam", 1e-3, weight_decay=0.0, schedule="none"))
-    criterion: str = "l1"
-    prune_mode: str = "probe"
-    a: float = 2.0
-    b: float = 1.0
-    epochs_per_tap: str | None = None
-    warmup_optim: OptimConfig = field(default_factory=lambda: OptimConfig("adam", 1e-3, weight_decay=0.0, schedule="none"))
-    methods: list[str] = field(default_factory=lambda: ["kd"])
-    params: list[str] = field(default_factory=list)
-    ce: float | None = None
-    distill_epochs: int = 30  # the student's epochs: in all (budget equal) or of KD alone (budget added)
-    distill_optim: OptimConfig = field(default_factory=lambda: reference_student_optim())
-    warmup: bool = True
-    retrieve: bool = True
-    resume: bool = False
-    budget: str = "equal"  # equal: warmup counted inside distill_epochs; added: before an unchanged KD schedule
-    schedule_mode: str = "continuous"  # continuous: warmup + KD one optimiser and lr plan; separate: two
-    select: str = "auto"
-    flow: bool = True  # record the per-tap MSE to the pruned teacher through KD, also without the warmup
-    keep_flow: float = 0.0  # ours, not the paper's: see distill --keep-flow
-    keep_flow_decay: float = 1.0
-
-    @property
-    def prunes(self) -> bool:
-        """The teacher is pruned: the warmup's targets, or the flow view's reference without a warmup."""
-        return self.warmup or self.flow
-
-    def check(self) -> None:
-        if self.budget not in ("equal", "added"):
-            raise BadInput(f"--budget must be equal or added, got '{self.budget}'")
-        if self.schedule_mode not in ("continuous", "separate"):
-            raise BadInput(f"--schedule-mode must be continuous or separate, got '{self.schedule_mode}'")
-        if self.distill_epochs < 1:
-            raise BadInput(f"--epochs must be at least 1, got {self.distill_epochs}")
-        if self.keep_flow and not self.warmup:
-            raise BadInput("--keep-flow keeps the warmup's flow terms: it needs the warmup (drop --no-warmup)")
-
-
-def reference_student_optim() -> OptimConfig:
-    """The reference's student schedule: Adam 1e-3 without weight decay, 10x lower for the last seventh
-    (its 70 CIFAR epochs: 60 at 1e-3, 10 at 1e-4); the milestone is placed on the whole plan."""
-    return OptimConfig("adam", 1e-3, weight_decay=0.0, schedule="multistep", milestones=[])
 
 
 def with_milestone(optim: OptimConfig, total: int) -> OptimConfig:
@@ -107,19 +55,19 @@ def with_milestone(optim: OptimConfig, total: int) -> OptimConfig:
     return OptimConfig(**{**optim.as_dict(), "milestones": [total - max(1, round(total / 7))]})
 
 
-def budget_split(cfg: PipelineConfig, warm_epochs: int) -> tuple[int, int]:
+def budget_split(cfg: PipelineSettings, warm_epochs: int) -> tuple[int, int]:
     """(warmup epochs, KD epochs) of the student under the budget view; KD alone without warmup."""
     if not cfg.warmup:
-        return 0, cfg.distill_epochs
+        return 0, cfg.epochs
     if cfg.budget == "added":
-        return warm_epochs, cfg.distill_epochs
-    if cfg.distill_epochs <= warm_epochs:
-        raise BadInput(f"--budget equal: --epochs {cfg.distill_epochs} must exceed the warmup's {warm_epochs} "
+        return warm_epochs, cfg.epochs
+    if cfg.epochs <= warm_epochs:
+        raise BadInput(f"--budget equal: --epochs {cfg.epochs} must exceed the warmup's {warm_epochs} "
                        f"epochs (they count inside it); raise --epochs or use --budget added")
-    return warm_epochs, cfg.distill_epochs - warm_epochs
+    return warm_epochs, cfg.epochs - warm_epochs
 
 
-def budget_line(cfg: PipelineConfig, warm: int, kd: int) -> str:
+def budget_line(cfg: PipelineSettings, warm: int, kd: int) -> str:
     """The one line that says which budget view a run (and its table) uses."""
     if not cfg.warmup:
         return f"budget: {kd} KD epochs, no warmup"
@@ -130,12 +78,16 @@ def budget_line(cfg: PipelineConfig, warm: int, kd: int) -> str:
 
 @dataclass
 class PlannedStage:
+    """One stage of the chain: its settings (what it runs, and what --resume compares) and its parents."""
+
     name: str
-    output: str  # file name inside out_dir
+    output: str  # file name inside the output folder
     epochs: int
-    options: dict[str, Any]
-    parents: list[str]  # file names (inside out_dir) or external paths this stage reads
-    run: Callable[[], dict[str, Any]]
+    settings: StageSettings
+    parents: list[str]  # file names (inside the output folder) or external paths this stage reads
+
+    def stage(self, tracker: Tracker | None) -> Stage:
+        return stage_for(self.settings, tracker)
 
 
 def _digest(obj: Any) -> str:
@@ -146,107 +98,88 @@ def _file_sha(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
-def plan(cfg: PipelineConfig) -> list[PlannedStage]:
-    """The stages to run, in order, each bound to its standalone function."""
+def plan(cfg: PipelineSettings) -> list[PlannedStage]:
+    """The stages to run, in order, each the standalone command's settings."""
     stages: list[PlannedStage] = []
     teacher = _teacher_stage(cfg, stages)
     source = _aux_stages(cfg, teacher, stages)  # the model the student learns from (the auxiliary when there is one)
     final = _student_stages(cfg, source, stages)
     _report_stages(cfg, final, stages)
-    o = cfg.opts
-    common = {"data": o.data, "seed": o.seed, "val_fraction": o.val_fraction, "batch_size": o.batch_size,
-              "augment": o.augment, "precision": o.precision}
-    for s in stages:
-        s.options = {**s.options, **common}
     return stages
 
 
-def _file(cfg: PipelineConfig, name: str) -> str:
-    return str(Path(cfg.out_dir) / name)
+def _file(cfg: PipelineSettings, name: str) -> str:
+    return str(Path(cfg.out) / name)
 
 
-def _teacher_stage(cfg: PipelineConfig, stages: list[PlannedStage]) -> str:
+def _teacher_stage(cfg: PipelineSettings, stages: list[PlannedStage]) -> str:
     """The teacher checkpoint: given, or trained here from an architecture name."""
     if looks_like_checkpoint(cfg.teacher):
         if cfg.teacher == "-":
             raise BadInput("pipeline --teacher cannot be '-': give a checkpoint file or an architecture name")
         return cfg.teacher
     teacher = _file(cfg, "teacher.safetensors")
-    stages.append(PlannedStage("teacher", "teacher.safetensors", cfg.teacher_epochs,
-                               {"arch": cfg.teacher, "epochs": cfg.teacher_epochs, **cfg.teacher_optim.as_dict()}, [],
-                               lambda: run_train(cfg.teacher, teacher, cfg.teacher_epochs, cfg.teacher_optim, cfg.opts,
-                                                 force=True)))
+    stages.append(PlannedStage("teacher", "teacher.safetensors", cfg.teacher_epochs, TrainSettings(
+        model=cfg.teacher, output=teacher, epochs=cfg.teacher_epochs, optim=cfg.teacher_optim, opts=cfg.opts,
+        force=True), []))
     return teacher
 
 
-def _aux_stages(cfg: PipelineConfig, teacher: str, stages: list[PlannedStage]) -> str:
+def _aux_stages(cfg: PipelineSettings, teacher: str, stages: list[PlannedStage]) -> str:
     """--aux: a CE-trained auxiliary, then PKT from the teacher; returns the student's source."""
     if not cfg.aux:
         return teacher
     aux_ce, aux, o = _file(cfg, "aux_ce.safetensors"), _file(cfg, "aux.safetensors"), cfg.opts
-    stages.append(PlannedStage("aux-train", "aux_ce.safetensors", cfg.aux_epochs,
-                               {"arch": cfg.aux, "epochs": cfg.aux_epochs, **cfg.teacher_optim.as_dict()}, [],
-                               lambda: run_train(cfg.aux, aux_ce, cfg.aux_epochs, cfg.teacher_optim, o, force=True)))
-    stages.append(PlannedStage("aux-pkt", "aux.safetensors", cfg.aux_epochs,
-                               {"method": "pkt", "ce": 0.0, "epochs": cfg.aux_epochs, **cfg.aux_optim.as_dict()},
-                               [teacher, aux_ce],
-                               lambda: run_distill(teacher, aux_ce, aux, ["pkt"], [], 0.0, [], None, cfg.aux_epochs,
-                                                   cfg.aux_optim, o, force=True)))
+    stages.append(PlannedStage("aux-train", "aux_ce.safetensors", cfg.aux_epochs, TrainSettings(
+        model=cfg.aux, output=aux_ce, epochs=cfg.aux_epochs, optim=cfg.teacher_optim, opts=o, force=True), []))
+    stages.append(PlannedStage("aux-pkt", "aux.safetensors", cfg.aux_epochs, DistillSettings(
+        teacher=teacher, student=aux_ce, output=aux, method=["pkt"], ce=0.0, epochs=cfg.aux_epochs,
+        optim=cfg.aux_optim, opts=o, force=True), [teacher, aux_ce]))
     return aux
 
 
-def _student_stages(cfg: PipelineConfig, source: str, stages: list[PlannedStage]) -> str:
+def _student_stages(cfg: PipelineSettings, source: str, stages: list[PlannedStage]) -> str:
     """prune -> warmup (unless --no-warmup) -> distill, on one lr plan when continuous; returns the student."""
     o, p = cfg.opts, (lambda name: _file(cfg, name))
     warm_n, kd_n = budget_split(cfg, warmup_epochs(cfg) if cfg.warmup else 0)
     continuous = cfg.warmup and cfg.schedule_mode == "continuous"
-    student_optim = with_milestone(cfg.distill_optim, warm_n + kd_n if continuous else kd_n)
+    student_optim = with_milestone(cfg.optim, warm_n + kd_n if continuous else kd_n)
     pruned, student_in = p("teacher_pruned.safetensors"), cfg.student
     if cfg.prunes:
-        stages.append(PlannedStage("prune", "teacher_pruned.safetensors", 0,
-                                   {"like": cfg.student, "criterion": cfg.criterion, "mode": cfg.prune_mode}, [source],
-                                   lambda: run_prune(source, cfg.student, pruned, o, cfg.criterion, cfg.prune_mode,
-                                                     data_given=True, force=True)))
+        stages.append(PlannedStage("prune", "teacher_pruned.safetensors", 0, PruneSettings(
+            teacher=source, like=cfg.student, output=pruned, data=o.data, criterion=cfg.criterion,
+            mode=cfg.prune_mode, opts=o, force=True), [source]))
     if cfg.warmup:
         warm = p("student_warm.safetensors")
         warm_optim = OptimConfig(**{**student_optim.as_dict(), "plan_epochs": warm_n + kd_n}) if continuous \
             else cfg.warmup_optim
-        stages.append(PlannedStage("warmup", "student_warm.safetensors", warm_n,
-                                   {"student": cfg.student, "a": cfg.a, "b": cfg.b,
-                                    "epochs_per_tap": cfg.epochs_per_tap, **warm_optim.as_dict()}, [pruned],
-                                   lambda: run_warmup(pruned, cfg.student, warm, warm_optim, o, cfg.a, cfg.b,
-                                                      cfg.epochs_per_tap, plot=p("flow.png"), force=True)))
+        stages.append(PlannedStage("warmup", "student_warm.safetensors", warm_n, WarmupSettings(
+            teacher=pruned, student=cfg.student, output=warm, optim=warm_optim, opts=o, a=cfg.a, b=cfg.b,
+            epochs_per_tap=cfg.epochs_per_tap, plot=p("flow.png"), force=True), [pruned]))
         student_in = warm
     final = p("student.safetensors")
-    flow_teacher = pruned if cfg.prunes else None
-    stages.append(PlannedStage("distill", "student.safetensors", kd_n,
-                               {"student": cfg.student, "methods": cfg.methods, "params": cfg.params, "ce": cfg.ce,
-                                "epochs": kd_n, "continue_plan": continuous, "select": cfg.select,
-                                "keep_flow": cfg.keep_flow, "keep_flow_decay": cfg.keep_flow_decay,
-                                **student_optim.as_dict()}, [source, student_in],
-                               lambda: run_distill(source, student_in, final, cfg.methods, cfg.params, cfg.ce, [], None,
-                                                   None if continuous else kd_n, student_optim, o, force=True,
-                                                   flow_teacher=flow_teacher, select=cfg.select,
-                                                   continue_plan=continuous, keep_flow=cfg.keep_flow,
-                                                   keep_flow_decay=cfg.keep_flow_decay)))
+    stages.append(PlannedStage("distill", "student.safetensors", kd_n, DistillSettings(
+        teacher=source, student=student_in, output=final, method=list(cfg.method), param=list(cfg.param), ce=cfg.ce,
+        epochs=None if continuous else kd_n, optim=student_optim, opts=o, force=True,
+        flow_teacher=pruned if cfg.prunes else None, select=cfg.select, continue_plan=continuous,
+        keep_flow=cfg.keep_flow, keep_flow_decay=cfg.keep_flow_decay), [source, student_in]))
     return final
 
 
-def _report_stages(cfg: PipelineConfig, final: str, stages: list[PlannedStage]) -> None:
+def _report_stages(cfg: PipelineSettings, final: str, stages: list[PlannedStage]) -> None:
     """evaluate (with the flow view when warmed) and retrieve the final student."""
     o = cfg.opts
     eval_opts = RunOptions(**{**o.as_dict(), "augment": False})
     flow = _file(cfg, "teacher_pruned.safetensors") if cfg.prunes else None
-    stages.append(PlannedStage("evaluate", "evaluate.json", 0, {"split": "test"}, [final],
-                               lambda: run_evaluate(final, "test", eval_opts, teacher=flow)))
+    stages.append(PlannedStage("evaluate", "evaluate.json", 0, EvaluateSettings(
+        model=final, split="test", teacher=flow, batch_size=o.eval_batch_size, opts=eval_opts), [final]))
     if cfg.retrieve:
         ret_opts = RunOptions(**{**o.as_dict(), "val_fraction": 0.0})
-        stages.append(PlannedStage("retrieve", "retrieve.json", 0, {"metric": "both", "k": [100]}, [final],
-                                   lambda: run_retrieve(final, ret_opts, None, "train", "test", "both", "exact", [100],
-                                                        None, None, None, 10, None)))
+        stages.append(PlannedStage("retrieve", "retrieve.json", 0, RetrieveSettings(
+            model=final, batch_size=o.eval_batch_size, opts=ret_opts), [final]))
 
 
-def warmup_epochs(cfg: PipelineConfig) -> int:
+def warmup_epochs(cfg: PipelineSettings) -> int:
     """The warmup's epochs for this student (its number of taps on the curriculum)."""
     if looks_like_checkpoint(cfg.student):
         taps = len(load_checkpoint(cfg.student).spec["taps"])
@@ -256,7 +189,7 @@ def warmup_epochs(cfg: PipelineConfig) -> int:
     return sum(epochs_per_tap(taps, cfg.a, cfg.b, cfg.epochs_per_tap))
 
 
-def estimate(cfg: PipelineConfig, stages: list[PlannedStage]) -> dict[str, float]:
+def estimate(cfg: PipelineSettings, stages: list[PlannedStage]) -> dict[str, float]:
     """Seconds per training stage from a 3-step timing of each model on this machine (rough, +-50%)."""
     import torch
 
@@ -309,12 +242,13 @@ def _load_manifest(d: Path) -> dict[str, Any]:
         return {"stages": {}}
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+def run_pipeline(cfg: PipelineSettings) -> dict[str, Any]:
     """Run the stages not up to date (all, without --resume), then the final table."""
     cfg.check()
+    check_available(cfg.log)
     d = _out_dir(cfg)
     stages = plan(cfg)
-    manifest = _load_manifest(d) if cfg.resume else {"stages": {}}
+    manifest = _load_manifest(d) if cfg.opts.resume else {"stages": {}}
     est = estimate(cfg, stages)
     warm_n = next((s.epochs for s in stages if s.name == "warmup"), 0)
     kd_n = next(s.epochs for s in stages if s.name == "distill")
@@ -327,40 +261,68 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     progress.info(budget)
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
-    for i, s in enumerate(stages):
-        results[s.name] = _run_stage(cfg, d, manifest, s, f"{i + 1}/{len(stages)}")
-    final = _final_table(results, budget)
-    _plot_student_flow(cfg, d, stages)
+    tracker, ok = _open_tracker(cfg, d), False
+    try:
+        for i, s in enumerate(stages):
+            results[s.name] = _run_stage(cfg, d, manifest, s, f"{i + 1}/{len(stages)}", tracker)
+        final = _final_table(results, budget)
+        _plot_student_flow(cfg, d, stages)
+        if tracker is not None:
+            student, flow = d / "student.safetensors", d / "flow.png"
+            tracker.final(final, str(student), _file_sha(student), [str(flow)] if flow.exists() else [])
+        ok = True
+    finally:
+        if tracker is not None:
+            tracker.close(ok)
     return {"out_dir": str(d), "stages": [s.name for s in stages], "estimate_s": est, "results": results, "final": final,
             "budget": {"view": cfg.budget if cfg.warmup else "no-warmup", "warmup_epochs": warm_n, "kd_epochs": kd_n,
                        "schedule": cfg.schedule_mode if cfg.warmup else "single", "line": budget},
             "wall_s": round(time.perf_counter() - t0, 2)}
 
 
-def _out_dir(cfg: PipelineConfig) -> Path:
+def _open_tracker(cfg: PipelineSettings, d: Path) -> Tracker | None:
+    """--log: one run for the pipeline (rank 0 only), its stages its children; named after the folder."""
+    if not cfg.log or not progress.main_process():
+        return None
+    log_dir = cfg.log_dir or str(d / "logs")
+    t = open_trackers(cfg.log, log_dir, d.resolve().name)
+    t.params(cfg.config(), "pipeline")
+    progress.info(f"logging to {', '.join(cfg.log)} in {log_dir}/ (one run per stage under {d.resolve().name})")
+    return t
+
+
+def _out_dir(cfg: PipelineSettings) -> Path:
     """The output folder: new, or an earlier pipeline's with --resume."""
-    d = Path(cfg.out_dir)
+    d = Path(cfg.out)
     if d.exists() and not d.is_dir():
         raise BadInput(f"--out {d}: exists and is not a folder")
-    if d.exists() and any(d.iterdir()) and not cfg.resume and (d / MANIFEST).exists():
+    if d.exists() and any(d.iterdir()) and not cfg.opts.resume and (d / MANIFEST).exists():
         raise BadInput(f"--out {d}: holds an earlier pipeline; pass --resume to continue it or choose another folder")
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
-def _run_stage(cfg: PipelineConfig, d: Path, manifest: dict[str, Any], s: PlannedStage, which: str) -> dict[str, Any]:
-    """One stage, or its recorded summary when --resume finds its output up to date; updates the manifest."""
+def _run_stage(cfg: PipelineSettings, d: Path, manifest: dict[str, Any], s: PlannedStage, which: str,
+               tracker: Tracker | None = None) -> dict[str, Any]:
+    """One stage, or its recorded summary when --resume finds its output up to date (same settings, same
+    parents); updates the manifest. With a tracker, the stage is one child run of the pipeline's."""
     out = d / s.output
     parents = {pp: _file_sha(Path(pp)) for pp in s.parents}
-    key = _digest({"options": s.options, "parents": parents})
+    key = _digest({"options": s.settings.key(), "parents": parents})
     rec = manifest["stages"].get(s.name)
-    if cfg.resume and rec and rec.get("key") == key and out.exists() and rec.get("sha256") == _file_sha(out):
+    if cfg.opts.resume and rec and rec.get("key") == key and out.exists() and rec.get("sha256") == _file_sha(out):
         progress.info(f"[bold]stage {which} {s.name}[/bold]: up to date, skipped")
         return rec.get("summary", {})
     if not progress.quiet():  # --quiet, or a torchrun rank other than 0
         progress.console.rule(f"stage {which}: {s.name}")
     ts = time.perf_counter()
-    summary = s.run()
+    child, ok = (tracker.child(s.name) if tracker is not None else None), False
+    try:
+        summary = s.stage(child).run()
+        ok = True
+    finally:
+        if child is not None:
+            child.close(ok)
     main = progress.main_process()  # under torchrun only rank 0 writes
     if s.output.endswith(".json") and main:
         atomic_write(out, (json.dumps(summary, indent=1, default=str) + "\n").encode())
@@ -372,7 +334,7 @@ def _run_stage(cfg: PipelineConfig, d: Path, manifest: dict[str, Any], s: Planne
     return small
 
 
-def _plot_student_flow(cfg: PipelineConfig, d: Path, stages: list[PlannedStage]) -> None:
+def _plot_student_flow(cfg: PipelineSettings, d: Path, stages: list[PlannedStage]) -> None:
     """flow.png: the student's per-tap MSE to the pruned teacher through warmup and KD (the paper's Figure 4
     for this run; a `--no-warmup` run draws the KD stage alone, for comparison)."""
     student = d / "student.safetensors"
