@@ -4,6 +4,12 @@
 session (once per run under pytest-xdist: workers share it through a file lock) and is reused by
 every test that needs real trained weights. Tests must treat its file as read-only: copy the bytes
 before corrupting them.
+
+Tests that assert on a quantity training produced (accuracy, mAP, a loss that must fall) carry the
+`trained` marker and check it through the `record` fixture: one place that asserts, and that appends the
+value to $INDISTILL_MARGINS_OUT (JSON lines) so `benchmarks/margins.py` can measure every threshold's
+margin across CPU kernel variants and seeds. Their seeds (and those of the shared teachers they use) are
+`suite_seed(base)`: `base` plus $INDISTILL_TEST_SEED (default 0: the recorded behaviour).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -29,6 +35,63 @@ os.environ.pop("INDISTILL_DATA", None)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_TIMEOUT = 300
+
+
+def suite_seed(base: int = 0) -> int:
+    """The seed of a trained-quantity test: `base` offset by $INDISTILL_TEST_SEED (0 when unset), so the
+    margins benchmark can rerun every such test, and the shared teachers they use, under other seeds."""
+    return base + int(os.environ.get("INDISTILL_TEST_SEED", "0"))
+
+
+# ----------------------------------------------------------------------------- trained quantities
+
+_CHECKS: dict[str, Callable[[float, float], bool]] = {
+    ">": lambda v, t: v > t, ">=": lambda v, t: v >= t, "<": lambda v, t: v < t, "<=": lambda v, t: v <= t}
+_FAILED = pytest.StashKey[list]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that records a trained quantity is marked `trained` and every `trained` test records one,
+    so `-m trained` (make test-isa, benchmarks/margins.py) selects exactly the tests with such thresholds."""
+    bad = [it.nodeid for it in items
+           if ("record" in getattr(it, "fixturenames", ())) != (it.get_closest_marker("trained") is not None)]
+    if bad:
+        raise pytest.UsageError("the `trained` marker and the `record` fixture go together: " + ", ".join(bad))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """Fail a test whose recorded quantities missed their thresholds, after its body ran to the end (so
+    every quantity of the test is recorded, not only those before the first miss)."""
+    result = yield
+    failed = item.stash.get(_FAILED, [])
+    if failed:
+        pytest.fail("trained quantities missed their thresholds:\n  " + "\n  ".join(failed), pytrace=False)
+    return result
+
+
+@pytest.fixture
+def record(request: pytest.FixtureRequest) -> Callable[..., float]:
+    """record(quantity, value, threshold, direction): check `value direction threshold` (one of > >= < <=)
+    for a quantity training produced. The test fails when any check missed (after its body ends); with
+    $INDISTILL_MARGINS_OUT set, each check appends one JSON line (test, quantity, value, threshold,
+    direction, passed) to that file. Returns `value`."""
+    failed = request.node.stash.setdefault(_FAILED, [])
+
+    def check(quantity: str, value: float, threshold: float, direction: str) -> float:
+        ok = _CHECKS[direction](float(value), float(threshold))
+        out = os.environ.get("INDISTILL_MARGINS_OUT")
+        if out:
+            line = json.dumps({"test": request.node.nodeid, "quantity": quantity, "value": float(value),
+                               "threshold": float(threshold), "direction": direction, "passed": ok,
+                               "seed": suite_seed()})
+            with open(out, "a", encoding="utf-8") as f:  # one short append per line: workers may share the file
+                f.write(line + "\n")
+        if not ok:
+            failed.append(f"{quantity} = {float(value):.4f}, needs {direction} {float(threshold):.4f}")
+        return value
+
+    return check
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -145,7 +208,8 @@ class TrainedModel:
         return self.path.read_bytes()
 
 
-TRAIN_ARGS = ("train", "cnn3-w0.5", "--data", "fashion-mnist-mini", "--epochs", "1", "--seed", "0", "--json")
+TRAIN_ARGS = ("train", "cnn3-w0.5", "--data", "fashion-mnist-mini", "--epochs", "1", "--seed", str(suite_seed()),
+              "--json")
 
 
 def _train_once(folder: Path) -> TrainedModel:
@@ -162,7 +226,7 @@ def _train_once(folder: Path) -> TrainedModel:
 
 @pytest.fixture(scope="session")
 def trained_cnn3(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
-    """cnn3-w0.5 trained 1 epoch on fashion-mnist-mini (seed 0) through the CLI, with its JSON summary."""
+    """cnn3-w0.5 trained 1 epoch on fashion-mnist-mini (seed `suite_seed()`) through the CLI, with its JSON summary."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         from filelock import FileLock
 

@@ -10,12 +10,13 @@ import os
 
 import pytest
 import torch
-from conftest import invoke
+from conftest import invoke, suite_seed
 
 from indistill_cli.io.history import write_model
 from indistill_cli.models import make_spec
 
 DATA = "fashion-mnist-mini"
+SEED = ("--seed", str(suite_seed()))  # the CLI's seed in trained-quantity tests ($INDISTILL_TEST_SEED, default 0)
 
 
 _cli = invoke  # the CLI in this process (conftest)
@@ -66,13 +67,13 @@ def _quiet_call(fn, *a, **kw):
 
 
 def build_cnn3_teacher(out: str) -> None:
-    """cnn3 trained one epoch on fashion-mnist-mini (val 0.05, seed 0): val top-1 ~0.75."""
+    """cnn3 trained one epoch on fashion-mnist-mini (val 0.05, seed `suite_seed()`): val top-1 ~0.75."""
     from indistill_cli.stages.commands import TrainSettings
     from indistill_cli.stages.options import RunOptions
     from indistill_cli.stages.train import run_train
 
-    _quiet_call(run_train, TrainSettings(model="cnn3", output=out, epochs=1, opts=RunOptions(data=DATA, val_fraction=0.05),
-                                         last=False))
+    _quiet_call(run_train, TrainSettings(model="cnn3", output=out, epochs=1, last=False,
+                                         opts=RunOptions(data=DATA, val_fraction=0.05, seed=suite_seed())))
 
 
 def build_quick_teacher(name: str, steps: int):
@@ -83,7 +84,7 @@ def build_quick_teacher(name: str, steps: int):
         from indistill_cli.stages.options import RunOptions
         from indistill_cli.stages.session import open_session
 
-        s = open_session(RunOptions(data=DATA, val_fraction=0.05, batch_size=64))
+        s = open_session(RunOptions(data=DATA, val_fraction=0.05, batch_size=64, seed=suite_seed()))
         info = s.ds.info
         spec, model = make_spec(name, info.in_channels, info.num_classes, info.image_size,
                                 {"mean": info.mean, "std": info.std})

@@ -218,7 +218,7 @@ OPTION_CASES = {
                           "did you mean 'bn-scale'"),
     "unknown-optimizer": (["train", "cnn3-w0.5", "--optimizer", "adamm"], "--optimizer must be sgd, adam or adamw"),
     "distill-negative-ce": (["distill", "-t", "{teacher}", "-s", "cnn3-w0.5", "-m", "kd", "--ce", "-1"],
-                            "--ce must be >= 0"),
+                            "--ce must be a finite number >= 0, got -1"),
     "skip-nonfinite-negative": (["train", "cnn3-w0.5", "--skip-nonfinite", "-2"], "--skip-nonfinite must be >= 0"),
 }
 
@@ -249,6 +249,56 @@ def test_bad_option_is_one_line_before_the_data_is_loaded(case, files, tmp_path,
     out = tmp_path / "o.safetensors"
     args = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
     code, stdout, err = cli(*args, "-o", str(out), *MINI)
+    assert_one_line_error(code, err, needle)
+    assert stdout == b"" and not out.exists()
+
+
+# hyper-parameters and weights out of their declared ranges (issue 19): each of these once trained first and
+# failed later (or never): a negative temperature trained to exit 0, T = 0 and weight nan stopped at step 1
+# as "non-finite loss ... try a lower --lr", weight -1 diverged after 14 steps
+HPARAM_CASES = {
+    "kd-negative-temperature": (["-m", "kd", "--param", "kd.temperature=-4"],
+                                "--param kd.temperature=-4: out of range, temperature must be a finite number > 0"),
+    "kd-zero-temperature": (["-m", "kd", "--param", "kd.temperature=0"], "--param kd.temperature=0: out of range"),
+    "kd-nan-weight": (["-m", "kd:nan"], "--method kd:nan: the weight must be a finite number >= 0, got nan"),
+    "kd-negative-weight": (["-m", "kd:-1"], "--method kd:-1: the weight must be a finite number >= 0, got -1"),
+    "pkt-infinite-weight": (["-m", "pkt:inf"], "--method pkt:inf: the weight must be a finite number >= 0"),
+    "ce-nan": (["-m", "kd", "--ce", "nan"], "--ce must be a finite number >= 0, got nan"),
+    "ctkd-switch": (["-m", "kd", "--param", "kd.learnable_temperature=2"], "must be an integer in [0, 1]"),
+    "ctkd-start": (["-m", "kd", "--param", "kd.t_start=0"], "t_start must be a finite number > 0"),
+    "dkd-warmup": (["-m", "dkd", "--param", "dkd.warmup=-1"], "--param dkd.warmup=-1: out of range"),
+    "dkd-ls-beta": (["-m", "dkd-ls", "--param", "dkd-ls.beta=-72"], "beta must be a finite number >= 0"),
+    "dist-tau": (["-m", "dist", "--param", "dist.tau=0"], "tau must be a finite number > 0"),
+    "mlkd-temperature": (["-m", "mlkd", "--param", "mlkd.temperature=inf"], "--param mlkd.temperature=inf"),
+    "cc-order": (["-m", "cc", "--param", "cc.order=0"], "order must be an integer >= 1"),
+    "rkd-weight": (["-m", "rkd", "--param", "rkd.distance_weight=-25"], "distance_weight must be a finite number >= 0"),
+    "crd-size": (["-m", "crd", "--param", "crd.feat_dim=0.5"], "--param crd.feat_dim=0.5: out of range"),
+    "at-p": (["-m", "at", "--param", "at.p=0"], "p must be a finite number > 0"),
+    "nst-degree": (["-m", "nst", "--param", "nst.degree=1.5"], "degree must be an integer >= 1"),
+    "kdsvd-k": (["-m", "kdsvd", "--param", "kdsvd.k=0"], "k must be an integer >= 1"),
+    "vid-variance": (["-m", "vid", "--param", "vid.init_var=1e-6"], "--param vid.init_var=1e-06: must be > eps"),
+    "ft-rate": (["-m", "ft", "--param", "ft.rate=-0.5"], "rate must be a finite number > 0"),
+    "ab-phase": (["-m", "ab", "--param", "ab.init_epochs=-1"], "init_epochs must be an integer >= 0"),
+    "fsp-phase": (["-m", "fsp", "--param", "fsp.init_epochs=0.5"], "init_epochs must be an integer >= 0"),
+    "reviewkd-warmup": (["-m", "reviewkd", "--param", "reviewkd.warmup=nan"], "--param reviewkd.warmup=nan"),
+    "unknown-hparam": (["-m", "kd", "--param", "kd.temp=2"], "unknown hyper-parameter of kd (valid: temperature"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HPARAM_CASES))
+def test_hyper_parameter_out_of_range_is_one_line_before_the_data_is_loaded(case, files, tmp_path, cli, no_data):
+    args, needle = HPARAM_CASES[case]
+    out = tmp_path / "o.safetensors"
+    code, stdout, err = cli("distill", "-t", str(files["teacher"]), "-s", "cnn3-w0.5", *args, "-o", str(out), *MINI)
+    assert_one_line_error(code, err, needle)
+    assert stdout == b"" and not out.exists()
+
+
+@pytest.mark.parametrize("case", ["kd-negative-temperature", "kd-negative-weight", "ce-nan", "vid-variance"])
+def test_pipeline_refuses_a_hyper_parameter_before_training_its_teacher(case, tmp_path, cli, no_data):
+    args, needle = HPARAM_CASES[case]
+    out = tmp_path / "run"
+    code, stdout, err = cli("pipeline", "-t", "cnn3", "-s", "cnn3-w0.5", *args, "-o", str(out), *MINI)
     assert_one_line_error(code, err, needle)
     assert stdout == b"" and not out.exists()
 

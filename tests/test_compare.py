@@ -114,3 +114,51 @@ def test_bad_inputs(teacher, trained_cnn3, tmp_path, cli):
     code, _, err = cli("compare", t, str(five), *QUICK, "-q")  # no --data: class counts may differ
     assert code == 0, err
     assert not (tmp_path / "p.png").exists()
+
+
+def test_latency_heads_say_where_and_in_what_precision_each_path_ran(monkeypatch):
+    """On CUDA, eager runs the fp32 model on the GPU (no autocast) and onnxruntime the fp32 graph on the CPU:
+    the table's heads and --json's `paths` say so, and nothing claims the training precision (bf16). No
+    GPU here: the device is only named, and torch.cuda's name lookup faked."""
+    import io
+
+    import torch
+    from rich.console import Console
+
+    from indistill_cli import progress
+    from indistill_cli.engine.runtime import Runtime
+    from indistill_cli.stages.compare import show, timed_paths
+
+    gpu = torch.device("cuda", 0)
+    paths = timed_paths(gpu, True, "onnxruntime", 8)
+    assert paths == {"eager": {"device": "cuda:0", "precision": "fp32", "layout": "channels_last"},
+                     "onnxruntime": {"device": "cpu", "precision": "fp32", "layout": "contiguous", "threads": 8}}
+    assert timed_paths(gpu, True, "compile", 8)["compile"] == paths["eager"]  # compiled: where eager runs
+    assert timed_paths(torch.device("cpu"), False, "none", 2) == {
+        "eager": {"device": "cpu", "precision": "fp32", "layout": "contiguous", "threads": 2}}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H100 80GB HBM3")
+    rt = Runtime(gpu, "bf16", True)
+    assert rt.device_name() == "NVIDIA H100 80GB HBM3 (cuda:0)" and "bf16" in rt.describe()  # describe: training's
+
+    lat = {"1": {"median_ms": 1.0, "p90_ms": 1.5}, "4": {"median_ms": 2.0, "p90_ms": 2.5}}
+    row = {"label": "t", "model": "cnn3", "parameters": 10, "macs": 10, "file_bytes": 1024,
+           "latency": {"eager": lat, "onnxruntime": lat},
+           "vs_reference": {"smaller": 1.0, "fewer_parameters": 1.0, "fewer_macs": 1.0, "faster_batch1": 1.0,
+                            "faster_batch4": 1.0}}
+    out = {"reference": "t", "device": rt.device_name(), "threads": 8, "paths": paths, "load_average": 0.0,
+           "batch": 4, "runs": 2, "warmup": 1, "optimized": "onnxruntime", "models": [row]}
+    buf = io.StringIO()
+    monkeypatch.setattr(progress, "console", Console(file=buf, width=400, highlight=False))
+    show(out)
+    text = buf.getvalue()
+    for head in ("eager cuda:0 fp32 b=1", "eager cuda:0 fp32 b=4", "onnxruntime cpu fp32 b=1", "onnxruntime cpu fp32 b=4"):
+        assert head in text, text
+    assert "NVIDIA H100 80GB HBM3 (cuda:0), 8 CPU threads" in text and "bf16" not in text
+
+
+def test_json_says_what_ran_where(teacher, cli):
+    code, stdout, err = cli("compare", str(teacher), *QUICK, "--json")
+    assert code == 0, err
+    out = json.loads(stdout)
+    assert out["paths"]["eager"]["device"] == "cpu" and out["paths"]["eager"]["precision"] == "fp32"
+    assert out["paths"]["onnxruntime"] == {"device": "cpu", "precision": "fp32", "layout": "contiguous", "threads": 1}

@@ -25,13 +25,14 @@ from indistill_cli.models import make_spec
 from indistill_cli.pruning.rebuild import model_from_checkpoint
 
 from stage_helpers import (  # noqa: F401 - fixtures
-    DATA, _bad, _ok, _shared_file, build_cnn3_teacher, build_quick_teacher, _prune, info, teacher,
+    DATA, SEED, _bad, _ok, _shared_file, build_cnn3_teacher, build_quick_teacher, _prune, info, teacher,
 )
+from conftest import suite_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 VAL = ("--val-fraction", "0.05")
-ONE = ("--epochs", "1", *VAL)
+ONE = ("--epochs", "1", *VAL, *SEED)
 METHODS = ["kd", "pkt", "pkt-cosine", "fitnet", "at", "sp", "rkd", "dkd", "crd"]
 # val top-1 after one epoch from the 1-epoch cnn3 teacher was 0.70-0.76 for every method but fitnet
 # (~0.47: its default weight 100 on the hint MSE dominates a single epoch); untrained is ~0.1
@@ -52,13 +53,14 @@ def _fresh_keys(info) -> set[str]:
 
 @pytest.fixture(scope="module")
 def untrained_top1(info) -> float:
-    """Validation top-1 of a fresh cnn3-w0.5 (the bar every method must clear by far)."""
+    """Validation top-1 of a fresh cnn3-w0.5 (the bar every method must clear by far); the split and the
+    weights of the seed the distillations use."""
     from indistill_cli.metrics import classify
     from indistill_cli.stages.options import RunOptions
     from indistill_cli.stages.session import open_session
 
-    s = open_session(RunOptions(data=DATA, val_fraction=0.05))
-    torch.manual_seed(0)
+    s = open_session(RunOptions(data=DATA, val_fraction=0.05, seed=suite_seed()))
+    torch.manual_seed(suite_seed())
     spec, model = make_spec("cnn3-w0.5", info.in_channels, info.num_classes, info.image_size,
                             {"mean": info.mean, "std": info.std})
     top1 = classify(model, s.eval_loader("val", spec), s.rt, info.num_classes)["top1"]
@@ -78,14 +80,16 @@ def _check_loss_composition(row: dict, ce: float, weights: dict[str, float]) -> 
 
 # ----------------------------------------------------------------------------- every method trains
 
+@pytest.mark.trained
 @pytest.mark.parametrize("method", METHODS)
-def test_each_method_distils(method, teacher, work, info, untrained_top1):
+def test_each_method_distils(method, teacher, work, info, untrained_top1, record):
     out = work / f"s_{method}.safetensors"
     params = ("--param", "crd.nce_k=256") if method == "crd" else ()
     summary = _ok("distill", "-t", teacher, "-s", "cnn3-w0.5", "-o", out, "-m", method, *params, *ONE)
     top1 = summary["val_top1"]
     print(f"{method}: val_top1 {top1:.3f} (untrained {untrained_top1:.3f})")
-    assert top1 >= MIN_TOP1[method] and top1 >= untrained_top1 + 0.2, (method, top1)
+    record("val_top1", top1, MIN_TOP1[method], ">=")
+    record("val_top1 - untrained", top1 - untrained_top1, 0.2, ">=")
     cls = losses.get(method)
     assert summary["ce"] == cls.ce_weight
     (rec,) = summary["methods"]
@@ -127,7 +131,8 @@ def test_each_method_distils(method, teacher, work, info, untrained_top1):
         assert not sidecar.exists() and "adapters" not in summary
 
 
-def test_combined_methods_and_warm_start(teacher, work, tmp_path_factory):
+@pytest.mark.trained
+def test_combined_methods_and_warm_start(teacher, work, tmp_path_factory, record):
     """-m kd -m pkt:0.5 --ce 1.0: both terms weighted as asked; history marks a warmed student."""
     out = work / "combined.safetensors"
     summary = _ok("distill", "-t", teacher, "-s", "cnn3-w0.5", "-o", out, "-m", "kd", "-m", "pkt:0.5",
@@ -136,7 +141,7 @@ def test_combined_methods_and_warm_start(teacher, work, tmp_path_factory):
     assert [(m["name"], m["weight"], m["hparams"]) for m in summary["methods"]] == [
         ("kd", 0.9, {"temperature": 2.0}), ("pkt", 0.5, {})]
     _check_loss_composition(summary["epochs"][0], 1.0, {"kd": 0.9, "pkt": 0.5})
-    assert summary["val_top1"] >= 0.55
+    record("val_top1", summary["val_top1"], 0.55, ">=")
     h = load_checkpoint(out).history[-1]
     assert h["from_warmup"] is False
     assert [(m["name"], m["weight"], m["hparams"]) for m in h["options"]["methods"]] == [
@@ -170,16 +175,25 @@ def test_tap_overrides(teacher, work):
 
 # ----------------------------------------------------------------------------- mixed pairs
 
-def test_tap_methods_resnet_teacher_to_cnn_student(tmp_path_factory, work):
-    """resnet8 -> cnn3-w0.5 with fitnet + at + sp: 3 taps each, spatial sizes differ (32/16/8 vs 15/6/2)."""
-    r8 = _shared_file(tmp_path_factory, "resnet8_quick", build_quick_teacher("resnet8", 20))
+@pytest.mark.trained
+def test_tap_methods_resnet_teacher_to_cnn_student(tmp_path_factory, work, record):
+    """resnet8 -> cnn3-w0.5 with fitnet + at + sp: 3 taps each, spatial sizes differ (32/16/8 vs 15/6/2).
+
+    The three feature terms are ~97% of the loss (CE ~2 of ~70). Under SGD (lr 0.05) such a loss made one epoch
+    end anywhere between 0.18 and 0.54 val top-1 depending on the CPU's kernels and the teacher; Adam (the
+    reference student optimiser of the short method runs) scales each step by its gradient's size, and the same
+    run ends at 0.47-0.54 on every kernel variant and seed tried (benchmarks/results/margins.md). The teacher
+    gets 60 Adam batches (val top-1 ~0.45-0.55): at 20 (the warmup tests' resnet8) it is ~0.33-0.39, barely a
+    teacher; a full epoch would cost ~25 s on one core."""
+    r8 = _shared_file(tmp_path_factory, "resnet8_quick60", build_quick_teacher("resnet8", 60))
     out = work / "mixed_resnet.safetensors"
     summary = _ok("distill", "-t", r8, "-s", "cnn3-w0.5", "-o", out, "-m", "fitnet:10", "-m", "at", "-m", "sp",
-                  "--epochs", "1", "--val-fraction", "0.6", "--batch-size", "32")
+                  "--epochs", "1", "--val-fraction", "0.6", "--batch-size", "32", "--optimizer", "adam", "--lr", "1e-3",
+                  "--wd", "0", *SEED)
     pairs = [[f"layer{i}", f"block{i}"] for i in (1, 2, 3)]
     assert [(m["name"], m["pairs"]) for m in summary["methods"]] == [("fitnet", pairs), ("at", pairs), ("sp", pairs)]
     _check_loss_composition(summary["epochs"][0], 1.0, {"fitnet": 10.0, "at": 1000.0, "sp": 3000.0})
-    assert summary["val_top1"] >= 0.25, summary["val_top1"]  # observed 0.31 at 32x32 (4000 images, a weak teacher)
+    record("val_top1", summary["val_top1"], 0.25, ">=")  # 10 classes: chance and an untrained student ~0.1
     from safetensors.torch import load_file
 
     t = load_file(str(work / "mixed_resnet.adapters.safetensors"))
@@ -187,21 +201,22 @@ def test_tap_methods_resnet_teacher_to_cnn_student(tmp_path_factory, work):
         (16, 8, 1, 1), (32, 16, 1, 1), (64, 32, 1, 1)]
 
 
-def test_timm_teacher_proportional_pairing(tmp_path_factory, work):
+@pytest.mark.trained
+def test_timm_teacher_proportional_pairing(tmp_path_factory, work, record):
     """A timm teacher (5 taps) -> cnn3-w0.5 (3 taps) with kd + at: taps pair proportionally."""
     tm = _shared_file(tmp_path_factory, "timm_test_resnet_quick", build_quick_teacher("timm:test_resnet", 15))
     t_taps = [t["name"] for t in load_checkpoint(tm).spec["taps"]]
     assert len(t_taps) == 5
     out = work / "mixed_timm.safetensors"
     summary = _ok("distill", "-t", tm, "-s", "cnn3-w0.5", "-o", out, "-m", "kd", "-m", "at", "--ce", "1.0",
-                  "--epochs", "1", "--val-fraction", "0.6", "--batch-size", "32")
+                  "--epochs", "1", "--val-fraction", "0.6", "--batch-size", "32", *SEED)
     at = summary["methods"][1]
     # student tap j gets teacher tap round((j+1)*5/3)-1 = 1, 2, 4
     assert at["pairs"] == [[t_taps[1], "block1"], [t_taps[2], "block2"], [t_taps[4], "block3"]]
     assert summary["methods"][0]["pairs"] == []
     assert summary["teacher"].startswith("timm:")
     _check_loss_composition(summary["epochs"][0], 1.0, {"kd": 0.9, "at": 1000.0})
-    assert summary["val_top1"] >= 0.4, summary["val_top1"]
+    record("val_top1", summary["val_top1"], 0.4, ">=")
 
 
 # ----------------------------------------------------------------------------- the teacher stays frozen

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from stage_helpers import DATA, _bad, _ok, _prune, _shared_file, teacher  # noqa: F401
+from stage_helpers import DATA, SEED, _bad, _ok, _prune, _shared_file, teacher  # noqa: F401
 
 from indistill_cli.engine.loop import Engine
 from indistill_cli.engine.schedule import OptimConfig, lr_factor, resolve_select
@@ -58,12 +58,14 @@ def test_leave_one_out_map_equals_brute_force() -> None:
         retrieval_metrics(emb, lab, emb[:-1], lab[:-1], exclude_self=True)
 
 
-def test_distill_without_ce_keeps_the_best_validation_map_epoch(teacher, tmp_path) -> None:  # noqa: F811
+@pytest.mark.trained
+def test_distill_without_ce_keeps_the_best_validation_map_epoch(teacher, tmp_path, record) -> None:  # noqa: F811
     r = _ok("distill", "-t", teacher, "-s", "cnn3-w0.5", "-m", "pkt", "--ce", "0", "--epochs", "3", "--data", DATA,
-            "-o", tmp_path / "s.safetensors")
+            *SEED, "-o", tmp_path / "s.safetensors")
     assert r["select"] == "map"
     maps = [row["val_map"] for row in r["epochs"]]
-    assert len(maps) == 3 and all(0.1 < m < 1 for m in maps)  # 10 classes: chance mAP is about 0.1
+    assert len(maps) == 3 and all(m < 1 for m in maps)
+    record("min val_map over epochs", min(maps), 0.1, ">")  # 10 classes: chance mAP is about 0.1
     assert r["best_epoch"] == 1 + maps.index(max(maps))
     assert r["val_map"] == max(maps)
 
@@ -79,12 +81,15 @@ def test_warmup_keeps_its_last_epoch_only(pruned, tmp_path) -> None:
          needles=("--select map",))
 
 
-def test_train_select_last_and_map(tmp_path) -> None:
-    r = _ok("train", "cnn3-w0.5", "--epochs", "2", "--select", "last", "--no-last", "-o", tmp_path / "a.safetensors")
+@pytest.mark.trained
+def test_train_select_last_and_map(tmp_path, record) -> None:
+    two = ("train", "cnn3-w0.5", "--epochs", "2", "--no-last", *SEED)
+    r = _ok(*two, "--select", "last", "-o", tmp_path / "a.safetensors")
     assert r["best_epoch"] == 2
-    r = _ok("train", "cnn3-w0.5", "--epochs", "2", "--select", "map", "--no-last", "-o", tmp_path / "b.safetensors")
+    r = _ok(*two, "--select", "map", "-o", tmp_path / "b.safetensors")
     maps = [row["val_map"] for row in r["epochs"]]
-    assert r["best_epoch"] == 1 + maps.index(max(maps)) and max(maps) > 0.4
+    assert r["best_epoch"] == 1 + maps.index(max(maps))
+    record("max val_map", max(maps), 0.4, ">")
 
 
 # ---------------------------------------------------------------------------------------- paired starts
@@ -174,6 +179,34 @@ def test_cnn3_sees_the_whole_image_at_32_and_a_corner_at_28() -> None:
     d = describe(model, spec, (28, 28))
     assert d["image_pixels_seen"] == [22, 22] and d["fraction"] == pytest.approx(22 * 22 / 28 / 28)
     assert "only 22x22 of the 28x28 image" in d["text"]
+
+
+def test_the_receptive_field_probe_runs_on_a_cpu_fp32_copy_never_on_the_model() -> None:
+    """The NaN probe is exact only with direct convolutions (a GPU's Winograd/FFT kernels spread a NaN over
+    a tile), so it runs on an fp32 CPU copy: the model's own forward is never called, and its dtype,
+    layout, mode and weights stay as they were (a bf16 channels_last model in training mode here)."""
+    from indistill_cli.models import make_spec
+    from indistill_cli.models.coverage import describe
+
+    spec, model = make_spec("cnn3-w0.5", 1, 10, (28, 28))
+    model = model.to(torch.bfloat16).to(memory_format=torch.channels_last).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = [id(p) for p in model.parameters()]
+    seen: list[tuple[int, torch.device, torch.dtype, bool]] = []
+
+    def spy(module, args):  # a hook is copied with its module: it reports whichever module runs
+        w = module.weight
+        seen.append((id(module), w.device, w.dtype, w.is_contiguous()))
+
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_pre_hook(spy)
+    d = describe(model, spec, (28, 28))
+    assert d["image_pixels_seen"] == [22, 22]  # the same answer as the fp32 model's
+    assert len(seen) == 1 and seen[0][0] != id(first_conv)  # one probe forward, on another module (the copy)
+    assert seen[0][1:] == (torch.device("cpu"), torch.float32, True)  # on the CPU, fp32, contiguous
+    assert model.training and [id(p) for p in model.parameters()] == params
+    assert all(v.dtype == before[k].dtype and torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert first_conv.weight.dtype == torch.bfloat16 and first_conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_inspect_and_train_say_what_the_model_sees(tmp_path) -> None:
@@ -269,16 +302,17 @@ def test_keep_flow_weight_decays_per_epoch() -> None:
     assert [kf.weight_at(e) for e in range(4)] == [2.0, 1.0, 0.5, 0.25]
 
 
-def test_keep_flow_holds_the_warmed_taps_closer(teacher, pruned, tmp_path) -> None:  # noqa: F811
-    _ok("warmup", "-t", pruned, "-s", "cnn3-w0.5", "--epochs-per-tap", "1,1,1", "-o", tmp_path / "w.safetensors")
+@pytest.mark.trained
+def test_keep_flow_holds_the_warmed_taps_closer(teacher, pruned, tmp_path, record) -> None:  # noqa: F811
+    _ok("warmup", "-t", pruned, "-s", "cnn3-w0.5", "--epochs-per-tap", "1,1,1", *SEED, "-o", tmp_path / "w.safetensors")
     common = ("distill", "-t", teacher, "-s", tmp_path / "w.safetensors", "-m", "pkt", "--ce", "0", "--epochs", "2",
-              "--flow-teacher", pruned, "--optimizer", "adam", "--lr", "3e-3")
+              "--flow-teacher", pruned, "--optimizer", "adam", "--lr", "3e-3", *SEED)
     plain = _ok(*common, "-o", tmp_path / "a.safetensors")
     kept = _ok(*common, "--keep-flow", "1", "-o", tmp_path / "b.safetensors")
     assert kept["keep_flow"]["note"] == "ours, not in the paper"
     assert all("train_keep_flow" in row for row in kept["epochs"])
     for tap in plain["curves"]:  # per-tap validation MSE to the pruned teacher after KD: lower with the flow kept
-        assert kept["curves"][tap][-1] < plain["curves"][tap][-1], tap
+        record(f"{tap} val MSE kept / plain", kept["curves"][tap][-1] / plain["curves"][tap][-1], 1.0, "<")
     _bad("distill", "-t", teacher, "-s", "cnn3-w0.5", "-m", "kd", "--keep-flow", "1", "-o", tmp_path / "c.safetensors",
          needles=("--flow-teacher",))
 

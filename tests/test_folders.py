@@ -115,6 +115,38 @@ def test_cache_options_are_checked(tmp_path, cli, monkeypatch):
     assert not (tmp_path / "m.st").exists()
 
 
+def test_a_decoded_folder_must_fit_the_gpu_it_will_live_on(tmp_path, cli, monkeypatch):
+    """Decoded, a folder's pixels live on the training device (TensorLoader), so on CUDA `--cache ram` checks
+    the GPU's free memory too (one line naming --cache off) and `auto` streams a folder over half of it;
+    on CPU the GPU is never asked. No GPU here: torch.cuda's free-memory function is faked (1 MiB free)."""
+    from indistill_cli.data.folder import _cache_plan
+    from indistill_cli.errors import BadInput
+
+    asked: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: asked.append(torch.device(d)) or (8 * 2**20, 2**36))
+    gpu, mib = torch.device("cuda", 1), 2**20  # GPU 1 has 8 MiB free; the host far more
+    with pytest.raises(BadInput, match=r"decoding the image folder \(12 MiB of uint8 pixels on cuda:1\) would take 12 "
+                                       r"MiB, more than the 8 MiB of GPU memory free here; use --cache off"):
+        _cache_plan("ram", 12 * mib, gpu)
+    assert asked == [gpu]
+    assert _cache_plan("ram", 6 * mib, gpu)[0] and _cache_plan("ram", 12 * mib, "cpu")[0]  # on CPU: the host only
+    cached, how = _cache_plan("auto", 6 * mib, gpu)  # auto: over half the GPU's free memory, so streamed
+    assert not cached and "decoded they would take 6 MiB, over the 4 MiB of --cache auto" in how
+    assert _cache_plan("auto", 6 * mib, "cpu")[0] and _cache_plan("auto", 3 * mib, gpu)[0]
+    assert asked == [gpu] * 4
+
+    # through the CLI: `--device cuda` on a (faked) GPU whose free memory cannot hold the decoded folder
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    root = image_tree(tmp_path / "imgs", per_class=100)  # 200 RGB training images of 20x24: 0.3 MiB decoded
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (2**16, 80 * 2**30))
+    out = tmp_path / "m.st"
+    code, stdout, err = cli("train", "cnn3-w0.5", "--data", f"imagefolder:{root}", "--device", "cuda", "--cache", "ram",
+                            "--epochs", "1", "-o", str(out))
+    assert_one_line_error(code, err, "on cuda:0", "of GPU memory free here", "use --cache off")
+    assert stdout == b"" and not out.exists()
+
+
 @pytest.mark.parametrize("cache, where", [("ram", "train"), ("off", "train"), ("off", "val")])
 def test_a_decompression_bomb_is_one_line(cache, where, tmp_path, cli, monkeypatch):
     """An image with more pixels than PIL accepts (here PIL's limit is lowered so a small file is one) is

@@ -444,3 +444,48 @@ def test_kd_records_ctkd_settings_only_when_the_temperature_is_learned():
     on = kd.recorded_hparams({"learnable_temperature": 1.0})
     assert on["learnable_temperature"] == 1.0 and on["t_end"] == 20.0 and on["grl_epochs"] == 10
     assert losses.get("dkd").recorded_hparams({}) == {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20}
+
+
+# ----------------------------------------------------------------------------- hyper-parameter ranges
+
+RANGE_GAPS = {"crd"}  # losses/crd.py is being changed on another branch; its `ranges` line lands at the merge
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="ranges at the merge"))
+                                  if n in RANGE_GAPS else n for n in losses.names()])
+def test_every_method_declares_a_range_for_every_hyper_parameter(name):
+    """Each hparam has a declared Range; whole-number hparams have integer ranges; every default lies in its
+    range (and the method's cross-parameter rules), so the defaults always pass the check."""
+    cls = losses.get(name)
+    assert set(cls.ranges) == set(cls.hparams), name
+    for k, default in cls.hparams.items():
+        assert cls.ranges[k].integer == isinstance(default, int), (name, k)
+        assert default in cls.ranges[k], (name, k)
+    cls.check_hparams(dict(cls.hparams))
+
+
+def test_range_membership_text_and_brief():
+    from indistill_cli.losses.base import ANY, COUNT, EPOCHS, NON_NEGATIVE, POSITIVE, Range
+
+    assert 0 not in POSITIVE and 1e-9 in POSITIVE and math.inf not in POSITIVE and math.nan not in POSITIVE
+    assert 0 in NON_NEGATIVE and -1e-9 not in NON_NEGATIVE and -5.0 in ANY and math.inf not in ANY
+    assert 1 in COUNT and 0 not in COUNT and 1.5 not in COUNT and 0 in EPOCHS
+    momentum = Range(0, 1, high_open=True)
+    assert 0 in momentum and 0.999 in momentum and 1 not in momentum
+    assert str(POSITIVE) == "a finite number > 0" and str(COUNT) == "an integer >= 1"
+    assert str(momentum) == "a finite number in [0, 1)" and str(ANY) == "a finite number"
+    assert [r.brief() for r in (POSITIVE, NON_NEGATIVE, COUNT, momentum, Range(0, 1, integer=True), ANY)] == \
+        [">0", ">=0", "int>=1", "[0,1)", "int[0,1]", "finite"]
+
+
+def test_check_hparams_names_the_value_and_the_range():
+    kd, vid = losses.get("kd"), losses.get("vid")
+    with pytest.raises(ValueError, match=r"^temperature=-4: out of range, temperature must be a finite number > 0$"):
+        kd.check_hparams({"temperature": -4.0})
+    with pytest.raises(ValueError, match=r"^grl_epochs=2.5: out of range, grl_epochs must be an integer >= 0$"):
+        kd.check_hparams({"grl_epochs": 2.5})
+    with pytest.raises(ValueError, match="init_var=1e-06: must be > eps"):  # a rule across two parameters
+        vid.check_hparams({"init_var": 1e-6})
+    vid.check_hparams({"init_var": 20.0, "eps": 10.0})  # each alone would break the rule with the other's default
+    with pytest.raises(ValueError, match=r"^nce_k=2.5: out of range, nce_k must be an integer$"):
+        losses.get("crd").check_hparams({"nce_k": 2.5})  # whole-number defaults: integers even without a range

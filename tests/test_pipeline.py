@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import suite_seed
 
 from indistill_cli.io.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SMALL = ["--data", "fashion-mnist-mini", "--val-fraction", "0.05", "--seed", "3"]
+SMALL = ["--data", "fashion-mnist-mini", "--val-fraction", "0.05", "--seed", str(suite_seed(3))]
 
 
 def _env() -> dict[str, str]:
@@ -45,7 +46,8 @@ def run(tmp_path_factory) -> tuple[Path, dict]:
     return d, json.loads(p.stdout)
 
 
-def test_pipeline_writes_every_stage_and_a_final_table(run):
+@pytest.mark.trained
+def test_pipeline_writes_every_stage_and_a_final_table(run, record):
     d, summary = run
     out = d / "out"
     for name in ("teacher.safetensors", "teacher_pruned.safetensors", "student_warm.safetensors",
@@ -53,7 +55,9 @@ def test_pipeline_writes_every_stage_and_a_final_table(run):
         assert (out / name).is_file(), name
     assert summary["stages"] == ["teacher", "prune", "warmup", "distill", "evaluate", "retrieve"]
     final = summary["final"]
-    assert final["top1"] > 0.5 and final["map_cosine"] > 0.3 and final["p@100_cosine"] > 0.4
+    record("top1", final["top1"], 0.5, ">")
+    record("map_cosine", final["map_cosine"], 0.3, ">")
+    record("p@100_cosine", final["p@100_cosine"], 0.4, ">")
     stages = [h["stage"] for h in load_checkpoint(out / "student.safetensors").history]
     assert stages == ["warmup", "distill"]
     assert summary["estimate_s"]["distill"] > 0

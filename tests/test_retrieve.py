@@ -23,6 +23,7 @@ from indistill_cli.io.history import write_model
 from indistill_cli.models import make_spec
 from indistill_cli.pruning.rebuild import model_from_checkpoint
 
+from conftest import suite_seed
 from stage_helpers import (  # noqa: F401 - fixtures
     DATA, _bad, _ok, _shared_file, build_cnn3_teacher,
 )
@@ -53,7 +54,7 @@ def trained(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def random_model(work, ds) -> str:
     info = ds.info
-    torch.manual_seed(0)
+    torch.manual_seed(suite_seed())
     spec, model = make_spec("cnn3", info.in_channels, info.num_classes, info.image_size,
                             {"mean": info.mean, "std": info.std})
     path = work / "random_cnn3.safetensors"
@@ -79,7 +80,8 @@ def _write_png(path: Path, image: torch.Tensor) -> str:
 
 # ----------------------------------------------------------------------------- trained vs random
 
-def test_trained_model_beats_random_weights(exported, random_model):
+@pytest.mark.trained
+def test_trained_model_beats_random_weights(exported, random_model, record):
     trained, _ = exported
     rand = _ok("retrieve", random_model, "--data", DATA)
     assert trained["model"] == rand["model"] == "cnn3" and trained["tap"] == "embed" and trained["dim"] == 128
@@ -90,9 +92,10 @@ def test_trained_model_beats_random_weights(exported, random_model):
         print(f"{mt}: trained mAP {t['map']:.3f} P@100 {t['precision@100']:.3f}; "
               f"random mAP {r['map']:.3f} P@100 {r['precision@100']:.3f}")
         # observed: trained mAP ~0.59/0.56, P@100 ~0.68/0.67; random ~0.40/0.37, ~0.59/0.58; chance 0.1
-        assert t["map"] >= 0.5 and t["map"] >= r["map"] + 0.1, (mt, t, r)
-        assert t["precision@100"] >= r["precision@100"] + 0.05, (mt, t, r)
-        assert 0.1 < r["map"] < t["map"]
+        record(f"map {mt}", t["map"], 0.5, ">=")
+        record(f"map {mt} - random", t["map"] - r["map"], 0.1, ">=")
+        record(f"precision@100 {mt} - random", t["precision@100"] - r["precision@100"], 0.05, ">=")
+        assert r["map"] > 0.1  # random weights still rank above chance (a property of the untrained net)
         assert t["recall@100"] == pytest.approx(t["precision@100"] * 100 / 1000, rel=1e-9)  # 1000 per class
         assert t["queries_without_relevant"] == 0
 
@@ -128,7 +131,8 @@ def test_index_gives_identical_metrics(exported):
     assert (again["num_database"], again["num_queries"], again["dim"]) == (10000, 2000, 128)
 
 
-def test_map_11pt_and_ks_against_brute_force(exported):
+@pytest.mark.trained
+def test_map_11pt_and_ks_against_brute_force(exported, record):
     summary, emb = exported
     pt11 = _ok("retrieve", "--index", emb, "--metric", "cosine", "--k", "10", "--k", "100", "--map", "11pt")
     assert list(pt11["metrics"]) == ["cosine"] and pt11["map_mode"] == "11pt"
@@ -137,7 +141,8 @@ def test_map_11pt_and_ks_against_brute_force(exported):
     assert pt["precision@100"] == ex["precision@100"] and pt["recall@100"] == ex["recall@100"]
     assert abs(pt["map"] - ex["map"]) > 1e-3  # the interpolated mAP is another number...
     assert pt["map"] == pytest.approx(ex["map"], abs=0.1)  # ...of the same ranking
-    assert pt["precision@10"] > pt["precision@100"] > 0.5
+    record("precision@10 - precision@100 cosine", pt["precision@10"] - pt["precision@100"], 0.0, ">")
+    record("precision@100 cosine", pt["precision@100"], 0.5, ">")
     # precision@k by brute force over the exported embeddings
     e = load_checkpoint(emb, role="embeddings").extras
     sim = F.normalize(e["queries/embeddings"], dim=1) @ F.normalize(e["database/embeddings"], dim=1).T

@@ -18,14 +18,15 @@ from indistill_cli.errors import BadInput, did_you_mean
 
 def load_dataset(name: str, val_fraction: float = 0.1, root: str | Path | None = None,
                  image_size: int | None = None, seed: int = 0, download: bool = True, cache: str = "off",
-                 strict: bool = False) -> Dataset:
-    """Resolve a dataset name to tensors (or an ImageFolder) with train/val/test splits. `cache` and `strict`
-    concern image folders: decode into memory (auto/ram) or stream (off); stop at an unreadable image."""
+                 strict: bool = False, device: Any = "cpu") -> Dataset:
+    """Resolve a dataset name to tensors (or an ImageFolder) with train/val/test splits. `cache`, `strict`
+    and `device` concern image folders: decode into memory (auto/ram; on the training device, where the
+    decoded pixels will live) or stream (off); stop at an unreadable image."""
     root = Path(root) if root else data_root()
     if name.startswith("imagefolder:"):
         from indistill_cli.data.folder import load_imagefolder
 
-        return load_imagefolder(Path(name.split(":", 1)[1]), val_fraction, image_size, cache, strict)
+        return load_imagefolder(Path(name.split(":", 1)[1]), val_fraction, image_size, cache, strict, device)
     found = load_builtin(name, root, seed, download)
     if found is None:
         raise BadInput(f"unknown dataset '{name}'{did_you_mean(name, NAMES)}; known: {', '.join(NAMES)}")

@@ -21,7 +21,7 @@ import torch
 
 from indistill_cli.data.base import Batch, Dataset, DataInfo, Split, serve_size, serving_phrase
 from indistill_cli.data.images import Survey, Unreadable, decode, fit_stored, read_image, survey
-from indistill_cli.data.memory import check_fits, gib, host_available
+from indistill_cli.data.memory import available, check_fits, gib, host_available
 from indistill_cli.data.pixels import Normalise
 from indistill_cli.data.sharding import ShardedLoader
 from indistill_cli.data.splits import carve_val
@@ -123,18 +123,25 @@ def _decoded(part: FolderSplit, mode: str, stored: tuple[int, int], strict: bool
     return Split(images, labels, part.name)
 
 
-def _cache_plan(cache: str, nbytes: int) -> tuple[bool, str]:
-    """(decode into memory?, the phrase saying which path and why)."""
+def _cache_plan(cache: str, nbytes: int, device: Any = "cpu") -> tuple[bool, str]:
+    """(decode into memory?, the phrase saying which path and why). A decoded folder is served like the
+    built-in sets: its pixels live on the training `device` (crop and flip run there, no per-batch copy),
+    so on a GPU it must fit the GPU's free memory as well as the host's; a folder that does not is
+    streamed (--cache off: DataLoader workers, pinned batches), which `auto` chooses by itself."""
     if cache not in CACHE_MODES:
         raise BadInput(f"--cache must be auto, ram or off, got '{cache}'")
     size = gib(nbytes)
     if cache == "off":
         return False, "streamed from disk every epoch (--cache off)"
+    on_gpu = str(device).startswith("cuda")
     if cache == "ram":
-        check_fits(nbytes, f"decoding the image folder ({size} of uint8 pixels)",
-                   "use --cache off to stream the images from disk instead")
+        for where in ("cpu", device) if on_gpu else ("cpu",):
+            on = f" on {device}" if where != "cpu" else ""
+            check_fits(nbytes, f"decoding the image folder ({size} of uint8 pixels{on})",
+                       "use --cache off to stream the images from disk instead", where)
         return True, f"decoded once into memory ({size}, --cache ram)"
-    budget = min(AUTO_BUDGET, (host_available() or AUTO_BUDGET * 2) // 2)
+    budget = min(AUTO_BUDGET, (host_available() or AUTO_BUDGET * 2) // 2,
+                 (available(device) or AUTO_BUDGET * 2) // 2 if on_gpu else AUTO_BUDGET)
     if nbytes <= budget:
         return True, f"decoded once into memory ({size}; --cache off streams instead)"
     return False, (f"streamed from disk every epoch (decoded they would take {size}, over the {gib(budget)} of "
@@ -142,16 +149,17 @@ def _cache_plan(cache: str, nbytes: int) -> tuple[bool, str]:
 
 
 def load_imagefolder(path: Path, val_fraction: float, image_size: int | None = None, cache: str = "off",
-                     strict: bool = False) -> Dataset:
+                     strict: bool = False, device: Any = "cpu") -> Dataset:
     """PATH/train plus PATH/val (or PATH/test): sizes and channels from the training images' headers, the
-    splits decoded into memory or streamed (`cache`); one line on stderr says what was chosen."""
+    splits decoded into memory or streamed (`cache`, given the training `device`); one line on stderr says
+    what was chosen."""
     train, test = _trees(path)
     sv = survey([p for p, _ in train.items], "read image headers")
     served, stored, what = _sizes(sv, image_size)
     gray = sv.gray
     mean, std = ([sum(IMAGENET_MEAN) / 3], [sum(IMAGENET_STD) / 3]) if gray else (IMAGENET_MEAN, IMAGENET_STD)
     nbytes = (len(train) + len(test)) * (1 if gray else 3) * stored[0] * stored[1]
-    cached, how = _cache_plan(cache, nbytes)
+    cached, how = _cache_plan(cache, nbytes, device)
     channels = f"{1 if gray else 3} channel{'' if gray else 's'}"
     progress.info(f"imagefolder:{path}: {what}, {channels}{'' if image_size else ' (--image-size N to change)'}; "
                   f"{how}")

@@ -11,6 +11,8 @@ from indistill_cli import progress
 from indistill_cli.engine.loop_state import LoopState, snapshot
 from indistill_cli.engine.runtime import Runtime
 
+COUNTED = "_images"  # the sums key of the images whose steps counted (deferred guard; else the host count)
+
 
 class EpochEnd:
     """Turns an epoch's sums into a history row and keeps the best epoch by `select` (max or min)."""
@@ -23,6 +25,9 @@ class EpochEnd:
 
     def finish(self, loop: LoopState, keep: nn.Module, epoch: int, sums: dict[str, torch.Tensor], seen: int,
                dt: float) -> None:
+        if COUNTED in sums:  # one read at the epoch's end (the deferred guard counts on the device)
+            sums = dict(sums)
+            seen = int(sums.pop(COUNTED))
         loop.train_time += dt
         loop.train_images += seen
         row: dict[str, float] = {"epoch": epoch + 1, "lr": loop.lr, "img_per_s": seen / max(dt, 1e-9)}

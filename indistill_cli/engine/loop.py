@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from indistill_cli import progress
 from indistill_cli.engine import resume
-from indistill_cli.engine.epoch import EpochEnd
+from indistill_cli.engine.epoch import COUNTED, EpochEnd
 from indistill_cli.engine.guard import NonFiniteGuard, describe_terms
 from indistill_cli.engine.loop_state import LoopState, Position, ResumePoint, snapshot
 from indistill_cli.engine.optim import (grad_norm, load_named_optimizer_state, make_optimizer, named_optimizer_state,
@@ -41,6 +41,7 @@ class FitResult:
     peak_memory_mb: float
     wall_s: float
     optimizer_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # by `keep` parameter name
+    bad_steps: int = 0  # steps skipped by --skip-nonfinite (non-finite loss or gradient)
 
 
 class Engine:
@@ -80,6 +81,9 @@ class Engine:
                 run.train_epoch(epoch)
                 end.finish(run.loop, keep, epoch, run.sums, run.seen, time.perf_counter() - run.t0)
                 run.end_epoch(epoch)
+        if run.guard.bad and self.rt.is_main:
+            progress.warn(f"{self.label}: skipped {run.guard.bad} batch{'es' if run.guard.bad > 1 else ''} with a "
+                          f"non-finite loss or gradient (--skip-nonfinite {self.skip_nonfinite})")
         return run.result()
 
 
@@ -93,20 +97,24 @@ class _Run:
         self.groups = trainable_groups(trainable)
         self.params = [p for params, _ in self.groups for p in params]
         self.names = param_names(keep, self.params)
-        self.opt = make_optimizer(self.groups, self.cfg)
+        self.guard = NonFiniteGuard(self.rt, trainable, engine.skip_nonfinite, engine.check_every_step)
+        self.opt = self.new_optimizer()
         if opt_state:
             load_named_optimizer_state(self.opt, self.names, opt_state)
-        self.scaler = torch.amp.GradScaler("cuda") if self.rt.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler(self.rt.device.type) if self.rt.precision == "fp16" else None
         self.steps = max(1, len(loader))
         self.loop = LoopState([], snapshot(keep), lr=self.cfg.lr * lr_factor(self.cfg, 0.0, engine.epochs))
         self.t_start = time.perf_counter()
-        self.guard = NonFiniteGuard(self.rt, trainable, engine.skip_nonfinite, engine.check_every_step)
         self.point = ResumePoint(engine.state, self.rt, trainable) if engine.state is not None else None
         self.start = Position()
         if self.point is not None:
             self.start, self.guard.bad = self.point.load(self.loop, self.opt, self.scaler, engine.label)
         self.sums: dict[str, torch.Tensor] = {}
         self.seen, self.t0 = 0, 0.0
+
+    def new_optimizer(self) -> torch.optim.Optimizer:
+        """The deferred guard skips bad steps through a fused optimiser's `found_inf` (see `guard`)."""
+        return make_optimizer(self.groups, self.cfg, fused=not self.guard.every_step)
 
     def show(self, bars: Any) -> None:
         self.bars = bars
@@ -117,7 +125,7 @@ class _Run:
         """One epoch (the rest of it, when resuming mid-epoch); leaves its sums, images and start time."""
         skip = self.start.step if epoch == self.start.epoch else 0
         if self.cfg.reset_each_epoch and epoch > 0 and skip == 0:
-            self.opt = make_optimizer(self.groups, self.cfg)
+            self.opt = self.new_optimizer()
         self.loader.set_epoch(self.cfg.plan_offset + epoch)  # a continued plan also continues the data order
         self.trainable.train()
         self.sums = dict(self.start.sums) if skip else {}
@@ -127,14 +135,24 @@ class _Run:
             out = self.step(epoch, i, batch)
             if out is None:  # a bad step, skipped
                 continue
-            n = int(batch.y.shape[0])
-            self.seen += n
-            for k, v in out.items():
-                v = v.detach().float() * (1 if k.startswith("_") else n)
-                self.sums[k] = self.sums[k] + v if k in self.sums else v
+            self.add(out, int(batch.y.shape[0]))
             self.after_step(epoch, i, out)
         if self.rt.device.type == "cuda":
             torch.cuda.synchronize(self.rt.device)
+
+    def add(self, out: dict[str, torch.Tensor], n: int) -> None:
+        """Add a step's terms (x its images) to the epoch's sums. Deferred guard: masked on the device by
+        the step's verdict, with the images that counted kept under COUNTED (a skipped step adds 0)."""
+        self.seen += n
+        ok = self.guard.ok
+        for k, v in out.items():
+            v = v.detach().float() * (1 if k.startswith("_") else n)
+            if ok is not None:
+                v = torch.where(ok, v, 0.0)
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        if ok is not None or COUNTED in self.sums:  # (also when a resumed epoch began in the other mode)
+            kept = ok.long() * n if ok is not None else n
+            self.sums[COUNTED] = self.sums.get(COUNTED, self.seen - n) + kept
 
     def step(self, epoch: int, i: int, batch: Any) -> dict[str, torch.Tensor] | None:
         """Forward, backward and update; None when the guard found the step bad (and undid it)."""
@@ -149,18 +167,23 @@ class _Run:
         if guard.every_step and guard.loss_is_bad(loss):
             return self.bad_step(describe_terms(out), epoch, i)
         self.opt.zero_grad(set_to_none=True)
-        if self.scaler is not None:  # fp16: the scaler itself skips steps with inf/nan gradients
+        if self.scaler is not None:  # fp16: the scaler skips steps with inf/nan gradients (a non-finite
+            # loss gives such gradients); with a fused optimiser (deferred) it passes found_inf, no .item()
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
             self.scaler.update()
             if guard.flags is not None:
                 guard.flag(loss)
+                guard.keep_if_ok()
             return out
         loss.backward()
         gnorm = grad_norm(self.params)
-        if not guard.every_step:
-            guard.flag(loss, gnorm)
-        elif not torch.isfinite(gnorm):
+        if not guard.every_step:  # the fused kernels skip the update where found_inf is 1
+            self.opt.found_inf = guard.flag(loss, gnorm)
+            self.opt.step()
+            guard.keep_if_ok()
+            return out
+        if not torch.isfinite(gnorm):
             return self.bad_step(f"non-finite gradient (norm {float(gnorm):.4g}, loss {float(loss.detach()):.4g})",
                                  epoch, i)
         self.opt.step()
@@ -191,7 +214,7 @@ class _Run:
         if at_log:
             el = time.perf_counter() - self.t0
             self.bars.update(self.task, completed=epoch * self.steps + i + 1, status=(
-                f"epoch {epoch + 1}/{self.e.epochs} loss {float(self.sums['loss']) / max(self.seen, 1):.4f} "
+                f"epoch {epoch + 1}/{self.e.epochs} loss {float(self.sums['loss']) / max(self.counted(), 1):.4f} "
                 f"{self.seen / max(el, 1e-9):.0f} img/s"))
         if stop or due:
             saved = self.save(Position(epoch, i + 1, self.sums, self.seen, self.elapsed(i + 1)))
@@ -208,6 +231,10 @@ class _Run:
             saved = self.save(Position(epoch + 1, 0, {}, 0, 0.0))
             if stop:
                 raise self.interrupted(epoch + 1, 0, saved)
+
+    def counted(self) -> int:
+        """The images of this epoch's steps that counted (the deferred guard masks skipped ones on the device)."""
+        return int(self.sums[COUNTED]) if COUNTED in self.sums else self.seen
 
     def elapsed(self, done: int) -> float:
         return time.perf_counter() - self.t0 if done else 0.0
@@ -231,4 +258,5 @@ class _Run:
             loop.best_state, loop.best_epoch = snapshot(self.keep), e.epochs
         return FitResult(loop.history, loop.best_state, loop.best_epoch, loop.history[-1] if loop.history else {},
                          loop.train_images * self.rt.world / max(loop.train_time, 1e-9), peak_memory_mb(self.rt.device),
-                         time.perf_counter() - self.t_start, named_optimizer_state(self.opt, self.names))
+                         time.perf_counter() - self.t_start, named_optimizer_state(self.opt, self.names),
+                         self.guard.bad)

@@ -63,7 +63,7 @@ class ResumePoint:
         state, rt = self.state, self.rt
         if state.dir is None:
             return False
-        rng, ranks = resume.capture_rng(), None
+        rng, ranks = resume.capture_rng(rt.device), None
         cpu_sums = {k: v.detach().cpu() for k, v in pos.sums.items()}
         if rt.distributed and collective:  # each rank's RNG streams and epoch sums, kept by rank 0
             import torch.distributed as dist
@@ -114,7 +114,7 @@ class ResumePoint:
         mine = per_rank[rt.rank] if rt.distributed and rt.rank < len(per_rank) else None
         if mine is not None:  # this rank's own streams and partial sums
             pos.sums, pos.seen = {k: v.to(rt.device) for k, v in mine["sums"].items()}, mine["seen"]
-        resume.restore_rng(mine["rng"] if mine is not None else side["rng"])  # last: no draws after it
+        resume.restore_rng(mine["rng"] if mine is not None else side["rng"], rt.device)  # last: no draws after it
         state.resumed_from = (pos.epoch, pos.step)
         progress.info(f"resuming {label} at epoch {pos.epoch + 1} step {pos.step} (state in {state.where()})")
         return pos, rec["bad_batches"]

@@ -23,14 +23,33 @@ def trainable_groups(trainable: nn.Module) -> list[ParamGroup]:
     return [(params, mult) for params, mult in out if params]
 
 
-def make_optimizer(groups: list[ParamGroup], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The run's optimiser; each group keeps its lr multiplier as `lr_mult` (the loop sets lr = base x it)."""
+def make_optimizer(groups: list[ParamGroup], cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """The run's optimiser; each group keeps its lr multiplier as `lr_mult` (the loop sets lr = base x it).
+
+    `fused`: torch's fused kernels (CPU and CUDA), which take a device `found_inf` flag and then change
+    nothing (the guard's deferred mode skips a bad step that way, without a host sync; GradScaler uses
+    the same contract without its per-step `.item()`). Off by default: the CPU path keeps the for-each
+    kernels whose numerics the bitwise references record."""
     torch_groups = [{"params": params, "lr": cfg.lr * mult, "lr_mult": mult} for params, mult in groups]
+    kw = {"fused": True} if fused else {}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(torch_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov and cfg.momentum > 0)
+        opt = torch.optim.SGD(torch_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                              nesterov=cfg.nesterov and cfg.momentum > 0, **kw)
+        if fused and cfg.momentum:
+            zero_momentum(opt)
+        return opt
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return cls(torch_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cls(torch_groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
+
+
+def zero_momentum(opt: torch.optim.Optimizer) -> None:
+    """Give every parameter a zero SGD momentum buffer up front. Fused SGD's first step allocates the
+    buffers with `empty_like` and fills them in the kernel, so a first step skipped by `found_inf`
+    would leave them uninitialised. From zero, buf = 0 * momentum + (1 - dampening) * grad is the
+    gradient itself (dampening is always 0 here), the same numbers as a first step."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            opt.state[p].setdefault("momentum_buffer", torch.zeros_like(p, memory_format=torch.preserve_format))
 
 
 def param_names(keep: nn.Module, params: list[nn.Parameter]) -> list[str | None]:
@@ -64,5 +83,5 @@ def grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
     """Total gradient 2-norm as a device tensor (no host sync); non-finite if any gradient is."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return torch.zeros(())
+        return torch.zeros((), device=params[0].device if params else None)
     return torch.nn.utils.get_total_norm(grads)

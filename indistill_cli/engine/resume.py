@@ -286,12 +286,15 @@ class RunState:
 
 # ---------------------------------------------------------------------- engine helpers
 
-def capture_rng() -> dict[str, Any]:
+def capture_rng(device: Any = None) -> dict[str, Any]:
+    """The random streams a step draws from: torch's CPU generator, Python's, NumPy's, and on CUDA the
+    generator of `device` (the run's device) alone: not every visible GPU's, which another machine may
+    not have and the run never drew from."""
     import torch
 
     rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": json.dumps(random.getstate())}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
     try:
         import numpy as np
 
@@ -303,14 +306,21 @@ def capture_rng() -> dict[str, Any]:
     return rng
 
 
-def restore_rng(rng: dict[str, Any]) -> None:
+def restore_rng(rng: dict[str, Any], device: Any = None) -> None:
+    """Set the streams `capture_rng` saved; the CUDA one on `device`, the device this run uses, whatever its
+    index was when saved (a resume on a machine with fewer GPUs, or another GPU, sets only the one in
+    use). A state written before kept every visible device's: its entry at this device's index is taken
+    (under torchrun, the rank's own device), and none when that device did not exist there."""
     import torch
 
     torch.set_rng_state(rng["torch"])
     st = json.loads(rng["python"])
     random.setstate((st[0], tuple(st[1]), st[2]))
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    cuda = rng.get("cuda")
+    if isinstance(cuda, (list, tuple)):
+        cuda = cuda[device.index or 0] if device is not None and (device.index or 0) < len(cuda) else None
+    if cuda is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
     if "numpy" in rng:
         import numpy as np
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, Phase, connectors, match_spatial, no_term, teacher_view
+from indistill_cli.losses.base import (EPOCHS, NON_NEGATIVE, DistillLoss, KDBatch, Phase, connectors, match_spatial,
+                                       no_term, teacher_view)
 from indistill_cli.losses.registry import register
 
 
@@ -40,6 +41,7 @@ class AB(DistillLoss):
     """Initialise the student so its neurons switch on and off where the teacher's do."""
 
     hparams = {"margin": 1.0, "init_epochs": 4, "init_scale": 0.003}
+    ranges = {"margin": NON_NEGATIVE, "init_epochs": EPOCHS, "init_scale": NON_NEGATIVE}
 
     def setup(self) -> None:
         self.connectors = connectors(self.s_shapes, self.t_shapes, he_init=True)

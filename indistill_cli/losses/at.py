@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, match_spatial, teacher_view
+from indistill_cli.losses.base import POSITIVE, DistillLoss, KDBatch, match_spatial, teacher_view
 from indistill_cli.losses.registry import register
 
 
@@ -32,6 +32,7 @@ class AT(DistillLoss):
     """Match where the student and teacher put their activation energy."""
 
     hparams = {"p": 2.0}
+    ranges = {"p": POSITIVE}  # p = 0 makes every map constant
 
     def forward(self, b: KDBatch) -> torch.Tensor:
         p = float(self.hp["p"])

@@ -10,6 +10,7 @@ knowing them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -21,6 +22,57 @@ from indistill_cli.models.taps import match_spatial  # noqa: F401 - re-exported 
 
 USES = ("logits", "embedding", "taps")
 PREACT = ("", "teacher", "both")  # which network's taps a method reads before their final ReLU
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a hyper-parameter (or a weight) may take: finite, between `low` and `high` (None: no
+    bound), each end open or closed, and a whole number where `integer`. Declared next to the method's
+    `hparams`, checked with the other options before any loading, shown by `indistill methods`."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        if not math.isfinite(v) or (self.integer and v != int(v)):
+            return False
+        if self.low is not None and not (v > self.low if self.low_open else v >= self.low):
+            return False
+        return self.high is None or (v < self.high if self.high_open else v <= self.high)
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+        lo = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        hi = "" if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
+        if lo and hi:
+            return (f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        return f"{kind} {lo or hi}".rstrip()
+
+    def brief(self) -> str:
+        """The range in a few characters, for a table cell: '>0', 'int>=1', '[0,1)', 'finite'."""
+        kind = "int" if self.integer else ""
+        if self.low is not None and self.high is not None:
+            return (f"{kind}{'(' if self.low_open else '['}{self.low:g},{self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is None and self.high is None:
+            return kind or "finite"
+        end, bound, open_ = (">", self.low, self.low_open) if self.low is not None else ("<", self.high, self.high_open)
+        return f"{kind}{end}{'' if open_ else '='}{bound:g}"
+
+    def as_dict(self) -> dict[str, float | bool | str | None]:
+        return {"low": self.low, "high": self.high, "low_open": self.low_open, "high_open": self.high_open,
+                "integer": self.integer, "text": str(self)}
+
+
+POSITIVE = Range(0.0, low_open=True)  # temperatures, scales, margins that divide
+NON_NEGATIVE = Range(0.0)  # weights
+COUNT = Range(1, integer=True)  # sizes, orders, numbers of vectors
+EPOCHS = Range(0, integer=True)  # a phase's or ramp's epochs: 0 turns it off
+ANY = Range()  # any finite number
 
 
 @dataclass
@@ -79,6 +131,19 @@ class DistillLoss(nn.Module):
     cite: ClassVar[str] = ""  # short citation for `indistill methods`
     note: ClassVar[str] = ""  # what differs from the paper's recipe, in a few words
     hparams: ClassVar[dict[str, float | int]] = {}
+    ranges: ClassVar[dict[str, Range]] = {}  # one per hparam: the values it may take
+
+    @classmethod
+    def check_hparams(cls, given: dict[str, float]) -> None:
+        """A ValueError "NAME=VALUE: why" for the first given hyper-parameter that is unknown or out of its
+        range; a method adds its rules across parameters here (VID: init_var > eps). Run before any loading."""
+        for k, v in given.items():
+            if k not in cls.hparams:
+                raise ValueError(f"{k}={v:g}: unknown hyper-parameter of {cls.name} (valid: "
+                                 f"{', '.join(cls.hparams) or 'none'})")
+            rng = cls.ranges.get(k, Range(integer=isinstance(cls.hparams[k], int)))
+            if v not in rng:
+                raise ValueError(f"{k}={v:g}: out of range, {k} must be {rng}")
 
     def __init__(
         self,

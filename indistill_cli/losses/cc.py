@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, teacher_view
+from indistill_cli.losses.base import COUNT, POSITIVE, DistillLoss, KDBatch, teacher_view
 from indistill_cli.losses.registry import register
 
 
@@ -37,6 +37,7 @@ class CC(DistillLoss):
     """Match the batch's sample-to-sample correlation matrix."""
 
     hparams = {"gamma": 0.4, "order": 2}
+    ranges = {"gamma": POSITIVE, "order": COUNT}
 
     def forward(self, b: KDBatch) -> torch.Tensor:
         gamma, order = float(self.hp["gamma"]), int(self.hp["order"])

@@ -18,11 +18,14 @@ Departures, all for small or reproducible runs:
 * ``nce_k`` is clipped to ``num_data - 1``; negatives are drawn uniformly with
   replacement from the *other* samples (RepDistiller's in-memory sampler is
   uniform over all samples) using a private, seeded ``torch.Generator`` (hp
-  ``seed``) on the CPU, so runs are bitwise repeatable. Its state is exposed by
-  :meth:`extra_state_tensors` for checkpoints.
+  ``seed``) on the banks' device (a CPU draw copied to a GPU every step would
+  make the step wait), so runs are bitwise repeatable. Its state (and the device
+  generator's, once there is one) is exposed by :meth:`extra_state_tensors` for
+  checkpoints and resume.
 * The normalisation constants Z (one per bank) are estimated on the first
   training batch as mean(score) * num_data, like RepDistiller, and kept in the
-  ``z`` buffer so they survive a checkpoint.
+  ``z`` buffer so they survive a checkpoint. Under torchrun the mean is over
+  every rank's batch (an all-reduce), so all ranks use the same Z.
 * Banks and Z are only updated in training mode; evaluating the loss under
   ``eval()`` leaves them untouched.
 """
@@ -64,6 +67,21 @@ def nce_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:
     log_d1 = torch.log(pos / (pos + k_pn + _EPS))
     log_d0 = torch.log(k_pn / (neg + k_pn + _EPS))
     return -(log_d1.sum() + log_d0.sum()) / n
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _global_mean(*scores: torch.Tensor) -> torch.Tensor:
+    """Each tensor's mean over every rank's elements (sums and counts all-reduced: batches may differ)."""
+    import torch.distributed as dist
+
+    v = torch.stack([*(s.double().sum() for s in scores), scores[0].new_tensor(scores[0].numel(), dtype=torch.double)])
+    dist.all_reduce(v)
+    return v[:-1] / v[-1]
 
 
 def _from_all_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -109,7 +127,10 @@ class CRD(DistillLoss):
         self.embed_s = Embed(flat_dim(self.s_shapes[0]), dim)
         self.embed_t = Embed(flat_dim(self.t_shapes[0]), dim)
         self.nce_k = min(int(self.hp["nce_k"]), self.num_data - 1)
-        self._gen = torch.Generator().manual_seed(int(self.hp["seed"]))
+        self._gen = torch.Generator().manual_seed(int(self.hp["seed"]))  # the banks' start; CPU draws
+        self._dev_gen: torch.Generator | None = None  # draws on a GPU (made at the first one)
+        self._dev_state: torch.Tensor | None = None  # its state from a checkpoint, until it is made
+        self._z_known = False  # host-side: Z was estimated (or loaded): no more all-reduces for it
         stdv = 1.0 / math.sqrt(dim / 3)
         for name in ("memory_s", "memory_t"):
             bank = torch.rand(self.num_data, dim, generator=self._gen) * (2 * stdv) - stdv
@@ -117,20 +138,39 @@ class CRD(DistillLoss):
         self.register_buffer("z", torch.full((2,), -1.0))  # Z for (student, teacher) scores
 
     def extra_state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"rng_state": self._gen.get_state()}
+        out = {"rng_state": self._gen.get_state()}
+        dev = self._dev_gen.get_state() if self._dev_gen is not None else self._dev_state
+        if dev is not None:
+            out["device_rng_state"] = dev
+        return out
 
     def load_extra_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
-        unknown = set(state) - {"rng_state"}
+        unknown = set(state) - {"rng_state", "device_rng_state"}
         if unknown:
             raise ValueError(f"crd: unexpected extra state keys {sorted(unknown)}")
         if "rng_state" in state:
             self._gen.set_state(state["rng_state"].detach().cpu().to(torch.uint8))
+        if "device_rng_state" in state:
+            self._dev_state = state["device_rng_state"].detach().cpu().to(torch.uint8)
+            if self._dev_gen is not None:
+                self._dev_gen.set_state(self._dev_state)
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The sampler's generator on `device`: the CPU one there (numbers as ever), else one made there
+        once, seeded alike (or set to the state a checkpoint carried)."""
+        if device.type == "cpu":
+            return self._gen
+        if self._dev_gen is None or self._dev_gen.device != device:
+            self._dev_gen = torch.Generator(device=device).manual_seed(int(self.hp["seed"]))
+            if self._dev_state is not None:
+                self._dev_gen.set_state(self._dev_state)
+        return self._dev_gen
 
     def sample_negatives(self, index: torch.Tensor) -> torch.Tensor:
-        """(N, nce_k) indices drawn uniformly from [0, num_data) minus each row's own index."""
-        draw = torch.randint(
-            0, self.num_data - 1, (index.numel(), self.nce_k), generator=self._gen
-        ).to(index.device)
+        """(N, nce_k) indices drawn uniformly from [0, num_data) minus each row's own index, on the
+        index's device."""
+        draw = torch.randint(0, self.num_data - 1, (index.numel(), self.nce_k),
+                             generator=self.generator(index.device), device=index.device)
         return draw + (draw >= index[:, None]).long()
 
     def _scores(self, bank: torch.Tensor, cand: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -155,12 +195,18 @@ class CRD(DistillLoss):
 
     @torch.no_grad()
     def _normalisers(self, out_s: torch.Tensor, out_t: torch.Tensor) -> torch.Tensor:
-        """Z constants; estimated from this batch while unset (stored when training). Branch-free, so a
-        step never reads a tensor back to the host (no GPU sync, CUDA-graph friendly)."""
-        est = torch.stack([out_s.mean(), out_t.mean()]).to(self.z) * self.num_data
+        """Z constants; estimated from this batch while unset (stored when training). Branch-free on the
+        device, so a step never reads a tensor back to the host (no GPU sync, CUDA-graph friendly). Under
+        torchrun the first training step's estimate is the mean over all ranks' batches (a host-side flag
+        says when that step is over, the same on every rank)."""
+        if self.training and not self._z_known and _world() > 1:
+            est = _global_mean(out_s, out_t).to(self.z) * self.num_data
+        else:
+            est = torch.stack([out_s.mean(), out_t.mean()]).to(self.z) * self.num_data
         z = torch.where(self.z < 0, est, self.z)
         if self.training:
             self.z.copy_(z)
+            self._z_known = True
         return z
 
     @torch.no_grad()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, teacher_view
+from indistill_cli.losses.base import NON_NEGATIVE, POSITIVE, DistillLoss, KDBatch, teacher_view
 from indistill_cli.losses.registry import register
 
 
@@ -42,6 +42,7 @@ class DIST(DistillLoss):
     """Match the teacher's class and batch rankings (correlations), not its exact probabilities."""
 
     hparams = {"tau": 4.0, "beta": 1.0, "gamma": 1.0}
+    ranges = {"tau": POSITIVE, "beta": NON_NEGATIVE, "gamma": NON_NEGATIVE}
 
     def forward(self, b: KDBatch) -> torch.Tensor:
         s, t = self.prep_logits(b.student.logits), self.prep_logits(teacher_view(b.teacher.logits))

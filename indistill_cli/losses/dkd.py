@@ -23,17 +23,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, ramp, teacher_view
+from indistill_cli.losses.base import EPOCHS, NON_NEGATIVE, POSITIVE, DistillLoss, KDBatch, ramp, teacher_view
 from indistill_cli.losses.registry import register
 
 
 def _split_logs(logits: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return log b (N, 2) = log [p_gt, 1 - p_gt] and the non-target logits (N, C-1)."""
+    """Return log b (N, 2) = log [p_gt, 1 - p_gt] and the non-target logits (N, C-1).
+
+    The non-target columns are gathered (columns 0..C-2, those at or past the label shifted by one), the
+    same values in the same order as a boolean mask would pick, with no data-dependent output size (a
+    mask makes a CUDA step wait for the device)."""
     n, c = logits.shape
-    gt_mask = F.one_hot(gt, c).bool()
     log_z = torch.logsumexp(logits, dim=1)
     log_p_gt = logits.gather(1, gt[:, None]).squeeze(1) - log_z
-    other = logits[~gt_mask].view(n, c - 1)
+    cols = torch.arange(c - 1, device=logits.device).expand(n, c - 1)
+    other = logits.gather(1, cols + (cols >= gt[:, None]).long())
     log_p_other = torch.logsumexp(other, dim=1) - log_z
     return torch.stack([log_p_gt, log_p_other], dim=1), other
 
@@ -70,6 +74,7 @@ class DKD(DistillLoss):
     """Target-class and non-target-class KD with independent weights."""
 
     hparams = {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20}
+    ranges = {"alpha": NON_NEGATIVE, "beta": NON_NEGATIVE, "temperature": POSITIVE, "warmup": EPOCHS}
 
     def forward(self, b: KDBatch) -> torch.Tensor:
         loss = dkd_loss(

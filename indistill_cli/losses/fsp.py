@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from indistill_cli.losses.base import (DistillLoss, KDBatch, Phase, consecutive_connectors, match_spatial, no_term,
-                                      teacher_view)
+from indistill_cli.losses.base import (EPOCHS, DistillLoss, KDBatch, Phase, consecutive_connectors, match_spatial,
+                                       no_term, teacher_view)
 from indistill_cli.losses.registry import register
 
 
@@ -48,6 +48,7 @@ class FSP(DistillLoss):
     """Initialise the student to reproduce the teacher's stage-to-stage flow matrices."""
 
     hparams = {"init_epochs": 4}
+    ranges = {"init_epochs": EPOCHS}
 
     def setup(self) -> None:
         self.connectors = consecutive_connectors(self).requires_grad_(False)  # trained in the init phase only

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, Phase, match_spatial, teacher_view
+from indistill_cli.losses.base import EPOCHS, POSITIVE, DistillLoss, KDBatch, Phase, match_spatial, teacher_view
 from indistill_cli.losses.registry import register
 
 
@@ -49,6 +49,7 @@ class FT(DistillLoss):
     """Match the student's translated factor to the teacher's paraphrased factor."""
 
     hparams = {"rate": 0.5, "init_epochs": 5}
+    ranges = {"rate": POSITIVE, "init_epochs": EPOCHS}  # the factor has max(1, round(rate * C_t)) channels
 
     def setup(self) -> None:
         if not self.s_shapes:

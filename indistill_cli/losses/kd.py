@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, teacher_view
+from indistill_cli.losses.base import EPOCHS, NON_NEGATIVE, POSITIVE, DistillLoss, KDBatch, Range, teacher_view
 from indistill_cli.losses.ctkd import CurriculumTemperature
 from indistill_cli.losses.registry import register
 
@@ -44,6 +44,9 @@ class KD(DistillLoss):
 
     hparams = {"temperature": 4.0, "learnable_temperature": 0, "t_start": 1.0, "t_end": 20.0, "grl_epochs": 10,
                "grl_max": 1.0, "temperature_lr": 1.0}
+    # T = t_start + t_end * sigmoid(.) stays > 0; grl_max is the reversal's size, its sign CTKD's adversary
+    ranges = {"temperature": POSITIVE, "learnable_temperature": Range(0, 1, integer=True), "t_start": POSITIVE,
+              "t_end": NON_NEGATIVE, "grl_epochs": EPOCHS, "grl_max": NON_NEGATIVE, "temperature_lr": NON_NEGATIVE}
 
     @classmethod
     def recorded_hparams(cls, given: dict[str, float]) -> dict[str, float | int]:

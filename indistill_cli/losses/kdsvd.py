@@ -17,6 +17,11 @@ Numerics: the vectors are the top eigenvectors of X^T X in float64, and the back
 kept vectors' terms, with near-degenerate eigenvalue pairs' terms dropped (the paper's own truncated
 SVD gradient removes them too): the full SVD gradient is NaN wherever two unused singular values tie,
 e.g. the zeros of a low-rank map.
+
+Host sync: on CUDA `torch.linalg.eigh` reads the solver's status back to the host, so a KD-SVD step
+waits for the device at each decomposition (every tap, student and teacher). It stays: the method is
+the eigendecomposition, and torch offers no variant that skips the check (tests/test_host_sync.py
+names it as the one sync allowed in a step).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, consecutive_connectors, teacher_view
+from indistill_cli.losses.base import COUNT, DistillLoss, KDBatch, consecutive_connectors, teacher_view
 from indistill_cli.losses.registry import register
 
 
@@ -96,6 +101,7 @@ class KDSVD(DistillLoss):
     """Match how the dominant singular directions of consecutive taps relate."""
 
     hparams = {"k": 1}
+    ranges = {"k": COUNT}
 
     def setup(self) -> None:
         self.connectors = consecutive_connectors(self)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, teacher_view
+from indistill_cli.losses.base import POSITIVE, DistillLoss, KDBatch, teacher_view
 from indistill_cli.losses.kd import kd_kl
 from indistill_cli.losses.registry import register
 
@@ -71,6 +71,7 @@ class MLKD(DistillLoss):
     """Instance-, class- and batch-level logit matching at five temperatures (one augmented view)."""
 
     hparams = {"temperature": 4.0}
+    ranges = {"temperature": POSITIVE}
 
     def forward(self, b: KDBatch) -> torch.Tensor:
         s, t = self.prep_logits(b.student.logits), self.prep_logits(teacher_view(b.teacher.logits))

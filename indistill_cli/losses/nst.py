@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, match_spatial, teacher_view
+from indistill_cli.losses.base import ANY, COUNT, DistillLoss, KDBatch, match_spatial, teacher_view
 from indistill_cli.losses.registry import register
 
 
@@ -41,6 +41,7 @@ class NST(DistillLoss):
     """Match the distribution of neuron selectivity patterns (squared MMD, polynomial kernel)."""
 
     hparams = {"degree": 2, "c": 0.0}
+    ranges = {"degree": COUNT, "c": ANY}
 
     def forward(self, b: KDBatch) -> torch.Tensor:
         total = b.student.logits.new_zeros(())

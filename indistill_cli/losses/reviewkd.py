@@ -13,7 +13,7 @@ resizes to the teacher's size (nearest) and goes through a 3x3 conv + BN to the 
 the fused map is passed on to the next shallower level ("review": deep knowledge guides shallow
 levels). The hierarchical context loss per level is
   [MSE(F_s, F_t) + sum_{k in 4,2,1, k < h} w_k MSE(P_k F_s, P_k F_t)] / (1 + sum of the w_k used),
-P_k the adaptive average pool to k x k and w = 1/2, 1/4, 1/8 in that order; levels are summed. The term
+P_k the adaptive average pool to k x k (`models.pooling`: deterministic under --deterministic) and w = 1/2, 1/4, 1/8 in that order; levels are summed. The term
 ramps in as min((epoch + 1) / warmup, 1) (mdistiller's 1-based min(epoch / warmup, 1); 0 disables it).
 """
 
@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, ramp, teacher_view
+from indistill_cli.losses.base import EPOCHS, DistillLoss, KDBatch, ramp, teacher_view
 from indistill_cli.losses.registry import register
+from indistill_cli.models.pooling import adaptive_avg_pool2d
 
 
 def _as_map(x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +62,7 @@ def hcl(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
         if k >= f_s.shape[2]:
             continue
         weight /= 2.0
-        loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(f_s, k), F.adaptive_avg_pool2d(f_t, k))
+        loss = loss + weight * F.mse_loss(adaptive_avg_pool2d(f_s, k), adaptive_avg_pool2d(f_t, k))
         total += weight
     return loss / total
 
@@ -72,6 +73,7 @@ class ReviewKD(DistillLoss):
     """Deep-to-shallow fused student levels regress the teacher's levels (multi-scale MSE)."""
 
     hparams = {"warmup": 20}
+    ranges = {"warmup": EPOCHS}
 
     def setup(self) -> None:
         s_ch = [s[0] for s in self.s_shapes]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, teacher_view
+from indistill_cli.losses.base import NON_NEGATIVE, DistillLoss, KDBatch, teacher_view
 from indistill_cli.losses.registry import register
 
 _EPS = 1e-12
@@ -48,6 +48,7 @@ class RKD(DistillLoss):
     """Transfer the geometry (distances and angles) of the teacher's embedding."""
 
     hparams = {"distance_weight": 25.0, "angle_weight": 50.0}
+    ranges = {"distance_weight": NON_NEGATIVE, "angle_weight": NON_NEGATIVE}
 
     def forward(self, b: KDBatch) -> torch.Tensor:
         e_s = b.student.feats[0].flatten(1)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indistill_cli.losses.base import DistillLoss, KDBatch, match_spatial, teacher_view
+from indistill_cli.losses.base import POSITIVE, DistillLoss, KDBatch, match_spatial, teacher_view
 from indistill_cli.losses.registry import register
 
 
@@ -44,6 +44,15 @@ class VID(DistillLoss):
     """Maximise a variational bound on the teacher/student mutual information per tap."""
 
     hparams = {"init_var": 5.0, "eps": 1e-5}
+    ranges = {"init_var": POSITIVE, "eps": POSITIVE}  # and init_var > eps (check_hparams)
+
+    @classmethod
+    def check_hparams(cls, given: dict[str, float]) -> None:
+        super().check_hparams(given)
+        hp = {**cls.hparams, **given}
+        if not hp["init_var"] > hp["eps"]:
+            raise ValueError(f"init_var={hp['init_var']:g}: must be > eps ({hp['eps']:g}): the variance "
+                             f"softplus(alpha) + eps starts at init_var")
 
     def setup(self) -> None:
         self.regressors = nn.ModuleList(regressor(s[0], t[0]) for s, t in zip(self.s_shapes, self.t_shapes))

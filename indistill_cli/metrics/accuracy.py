@@ -39,7 +39,8 @@ def topk_correct(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> 
 @torch.inference_mode()
 def classify(model: nn.Module, loader: Any, rt: Any, num_classes: int,
              embedding: str | None = None) -> dict[str, Any]:
-    """Metrics of `model` on every batch of `loader` (model put in eval mode, restored after).
+    """Metrics of `model` on every batch of `loader` (model put in eval mode, restored after), in fp32 whatever
+    the run's training precision: checkpoint selection, `evaluate` and `compare` read the same figures.
 
     With `embedding` (a tap name) also "map": exact cosine mAP of that embedding with the loader's
     images searching each other (leave-one-out), computed in the same pass."""
@@ -54,9 +55,7 @@ def classify(model: nn.Module, loader: Any, rt: Any, num_classes: int,
     per_class_n = torch.zeros(num_classes, dtype=torch.long, device=rt.device)
     n = 0
     for batch in loader:
-        with rt.autocast():
-            logits = model(batch.x)
-        logits = logits.float()
+        logits = model(batch.x).float()  # fp32 (no autocast): the same checkpoint gives the same figures anywhere
         if taps is not None:
             embs.append(as_vector(taps.out.pop(embedding)).float())
             labels.append(batch.y)

@@ -5,6 +5,11 @@ of its input: the paper's 3-conv CNN fed 28x28 images uses only the top-left 22x
 exact and weight-independent: a NaN placed in one input row (or column) reaches the output iff that
 row (column) is inside the receptive field, since NaN survives convolution, pooling, ReLU and
 linear layers whatever the weights. One batch of H + W probe images answers for every row and column.
+
+That holds for direct and im2col convolutions only: a Winograd or FFT convolution (cuDNN picks them on a
+GPU, the more so with cudnn.benchmark) mixes every input of a tile into every output, so a NaN spreads
+and the model would seem to see everything. The probe therefore runs on a CPU copy of the model in
+fp32 and the usual memory layout, never on the model itself (its device, dtype and mode stay as they are).
 """
 
 from __future__ import annotations
@@ -28,25 +33,25 @@ def seen_region(model: torch.nn.Module, in_channels: int, size: tuple[int, int])
     h, w = int(size[0]), int(size[1])
     if h * w > MAX_PROBE_PIXELS:
         return None
-    was = model.training
-    model.eval()
+    probe = cpu_copy(model)
     x = torch.zeros(h + w, in_channels, h, w)
     for r in range(h):
         x[r, :, r, :] = float("nan")
     for c in range(w):
         x[h + c, :, :, c] = float("nan")
-    try:
-        param = next(model.parameters(), None)
-        if param is not None:
-            x = x.to(param.device)
-        out = model(x)
-    finally:
-        model.train(was)
-    hit = torch.isnan(out.float().reshape(out.shape[0], -1)).any(dim=1).cpu()
+    out = probe(x)
+    hit = torch.isnan(out.float().reshape(out.shape[0], -1)).any(dim=1)
     rows, cols = torch.nonzero(hit[:h]).flatten(), torch.nonzero(hit[h:]).flatten()
     if len(rows) == 0 or len(cols) == 0:
         return None
     return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+
+def cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """An fp32, contiguous, eval-mode copy of `model` on the CPU (small: only CIFAR-scale models are probed)."""
+    import copy
+
+    return copy.deepcopy(model).to("cpu", torch.float32).to(memory_format=torch.contiguous_format).eval()
 
 
 def image_box(input_size: tuple[int, int], stored: tuple[int, int]) -> tuple[int, int, int, int]:

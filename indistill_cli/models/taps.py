@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from indistill_cli.errors import BadInput, did_you_mean
+from indistill_cli.models.pooling import adaptive_avg_pool2d
 
 
 class _StopForward(Exception):
@@ -124,12 +125,13 @@ def as_vector(t: torch.Tensor) -> torch.Tensor:
 
 
 def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adaptive-average-pool the larger of two feature maps to the smaller's spatial size."""
+    """Adaptive-average-pool the larger of two feature maps to the smaller's spatial size (deterministically
+    under --deterministic: `pooling`)."""
     if a.dim() != 4 or a.shape[-2:] == b.shape[-2:]:
         return a, b
     h, w = min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1])
     if a.shape[-2:] != (h, w):
-        a = F.adaptive_avg_pool2d(a, (h, w))
+        a = adaptive_avg_pool2d(a, (h, w))
     if b.shape[-2:] != (h, w):
-        b = F.adaptive_avg_pool2d(b, (h, w))
+        b = adaptive_avg_pool2d(b, (h, w))
     return a, b

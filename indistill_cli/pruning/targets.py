@@ -9,7 +9,7 @@ inference_mode and never require grad.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -61,10 +61,15 @@ def pairs_from_teacher(teacher: Checkpoint, student_spec: dict[str, Any]) -> lis
 
 
 class FlowPair:
-    """Runs the teacher and student up to a tap and yields (student map, teacher target) pairs."""
+    """Runs the teacher and student up to a tap and yields (student map, teacher target) pairs.
+
+    The kept-channel indices move to the teacher's device here, once: copied from the host every step,
+    each copy would make a CUDA step wait (a pageable host-to-device copy synchronises)."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, pairs: list[Pair]) -> None:
-        self.teacher, self.student, self.pairs = teacher, student, pairs
+        dev = next((t.device for t in (*teacher.parameters(), *teacher.buffers())), torch.device("cpu"))
+        self.teacher, self.student = teacher, student
+        self.pairs = [p if p.keep is None else replace(p, keep=p.keep.to(dev)) for p in pairs]
         self._announced = False
 
     @torch.inference_mode()
@@ -73,7 +78,7 @@ class FlowPair:
         with TapSet(self.teacher, names, stop_after=names[-1]) as taps:
             taps.forward(x)
             outs = [taps.out[n] for n in names]
-        return [o if p.keep is None else o.index_select(1, p.keep.to(o.device)) for o, p in zip(outs, self.pairs)]
+        return [o if p.keep is None else o.index_select(1, p.keep) for o, p in zip(outs, self.pairs)]
 
     def targets(self, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
         """Teacher targets for taps 0..upto, as ordinary (non-inference) tensors without grad."""
@@ -121,27 +126,3 @@ class StudentUpTo(nn.Module):
         with TapSet(self.student, self.names, stop_after=self.names[-1]) as t:
             t.forward(x)
             return [t.out[n] for n in self.names[self.first :]]
-
-    def unused_state(self, x: torch.Tensor) -> list[str]:
-        """Names (in this module's state dict) of the parameters no gradient reaches in this phase, and
-        the buffers of the modules that own only such parameters. Found by one probing backward in eval
-        mode (no running statistics change, no .grad is written), so every rank finds the same set."""
-        was = self.training
-        self.eval()
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        with torch.enable_grad():
-            total = sum(o.float().sum() for o in self(x))
-            grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
-        self.train(was)
-        return with_orphan_buffers(self, {n for (n, _), g in zip(named, grads) if g is None})
-
-
-def with_orphan_buffers(module: nn.Module, unused: set[str]) -> list[str]:
-    """The unused parameters' names plus the buffers of the modules that own only unused parameters (a BN
-    whose weights get no gradient): what DDP must neither sync nor wait for."""
-    out = sorted(unused)
-    for mod_name, mod in module.named_modules():
-        own = [f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_parameters(recurse=False)]
-        if own and all(o in unused for o in own):
-            out += [f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_buffers(recurse=False)]
-    return out

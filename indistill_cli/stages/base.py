@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from indistill_cli import progress
 from indistill_cli.engine.resume import RunState
-from indistill_cli.engine.runtime import barrier
+from indistill_cli.engine.runtime import barrier, compile_begin, compile_stats, describe_compile, reset_peak_memory
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import read_source
 from indistill_cli.io.history import history_entry, write_model
@@ -86,6 +86,7 @@ class Stage:
     name: ClassVar[str]
     loads_data: bool = True  # False: the stage reads its own data (or none); the session has no dataset
     resumable: ClassVar[bool] = False  # an interrupted run can continue (--resume)
+    compiles: bool = False  # True: it trains, so --compile applies and its graphs and breaks are reported
 
     def __init__(self, s: StageSettings, tracker: Tracker | None = None) -> None:
         self.s = s
@@ -151,11 +152,12 @@ class Stage:
         self.t0 = time.perf_counter()
         self.prepare()
         s = self.session = open_session(self.opts, self.loads_data)
+        reset_peak_memory(s.rt.device)  # this stage's own peak (a pipeline runs several in one process)
         tracker = self.open_tracker(s)
         s.on_epoch = tracker.epoch if tracker is not None else None
         ok = False
         try:
-            r = self.execute(s)
+            r = self.execute_compiled(s)
             if s.rt.is_main:
                 self.write(s, r)
                 if self.state is not None:
@@ -170,6 +172,17 @@ class Stage:
         self.finish()
         barrier(s.rt)  # no rank leaves (or starts the next pipeline stage) before rank 0 has written
         return r.summary
+
+    def execute_compiled(self, s: Session) -> Result:
+        """`execute`, with --compile's graphs and breaks counted and reported when the stage trains."""
+        compiles = self.compiles and self.opts.compile
+        if compiles:
+            compile_begin()
+        r = self.execute(s)
+        if compiles:
+            r.summary["compile"] = compile_stats()
+            progress.info(describe_compile(r.summary["compile"]))
+        return r
 
     def open_tracker(self, s: Session) -> Tracker | None:
         """The trackers (rank 0 only): the pipeline's child run, or the --log ones, named after the output."""

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from indistill_cli.engine.determinism import blank_batch, check_kernels
 from indistill_cli.engine.loop import Engine, FitResult
 from indistill_cli.engine.runtime import ddp, maybe_compile, sync_batchnorm
 from indistill_cli.engine.schedule import SELECT_KEYS, OptimConfig, resolve_select
@@ -42,6 +43,11 @@ def fit_ce(model: torch.nn.Module, spec: dict[str, Any], s: Session, epochs: int
     def validate(epoch: int) -> dict[str, float]:
         return val_metrics(model, val_loader, s, emb_tap) if val_loader is not None else {}
 
+    def probe() -> torch.Tensor:  # --deterministic on CUDA: the step's ops, checked before it runs
+        x = blank_batch(spec, s.rt)
+        return F.cross_entropy(model(x), torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+
+    check_kernels(s.rt, model, probe, label)
     engine = Engine(s.rt, optim, epochs, select=SELECT_KEYS[chosen], label=label,
                     skip_nonfinite=s.opts.skip_nonfinite, state=state)
     return engine.fit(model, model, step, loader, validate, on_epoch=s.on_epoch)

@@ -72,6 +72,28 @@ def optimised_runner(kind: str, model: torch.nn.Module, spec: dict[str, Any], th
     return ex.onnx_runner(data, threads)
 
 
+def timed_paths(device: torch.device, channels_last: bool, optimized: str, threads: int) -> dict[str, dict[str, Any]]:
+    """What each timed path runs on and in what precision (--json's `paths`, the latency table's heads).
+    Eager runs the fp32 model on the run's device, without autocast (--precision is for training); the
+    onnxruntime path runs the exported fp32 graph on the CPU whatever the device (CPUExecutionProvider);
+    torch.compile runs where eager does."""
+    eager = {"device": str(device), "precision": "fp32",
+             "layout": "channels_last" if channels_last else "contiguous"}
+    if device.type == "cpu":
+        eager["threads"] = threads
+    paths = {"eager": eager}
+    if optimized == "onnxruntime":
+        paths["onnxruntime"] = {"device": "cpu", "precision": "fp32", "layout": "contiguous", "threads": threads}
+    elif optimized == "compile":
+        paths["compile"] = dict(eager)
+    return paths
+
+
+def path_head(name: str, path: dict[str, Any]) -> str:
+    """A latency column's head: the path, where it ran and in what precision, e.g. 'onnxruntime cpu fp32'."""
+    return f"{name} {path['device']} {path['precision']}"
+
+
 class Compare(Stage):
     name = "compare"
     loads_data = False  # quality, with --data, comes from the evaluate and retrieve stages
@@ -171,7 +193,8 @@ class Compare(Stage):
             row["label"] = _label(ck, taken)
             taken.add(row["label"])
             row["vs_reference"] = ratios(rows[0], row, cfg.batch)
-        out = {"reference": rows[0]["label"], "device": s.rt.describe(), "threads": torch.get_num_threads(),
+        out = {"reference": rows[0]["label"], "device": s.rt.device_name(), "threads": torch.get_num_threads(),
+               "paths": timed_paths(s.rt.device, s.rt.channels_last, cfg.optimized, torch.get_num_threads()),
                "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else 0.0,
                "batch": cfg.batch, "runs": cfg.runs, "warmup": cfg.warmup, "optimized": cfg.optimized,
                "macs_counter": "torch.utils.flop_counter (conv, linear, matmul), MACs = FLOPs / 2, batch 1",
@@ -191,7 +214,8 @@ class Compare(Stage):
 
         b = str(out["batch"])
         pts = [(r["label"], r["latency"]["eager"][b]["median_ms"] / out["batch"], 100 * r["top1"]) for r in out["models"]]
-        plot_tradeoff(pts, self.plot, f"latency per image at batch {b}, eager (ms; {out['device']})",
+        plot_tradeoff(pts, self.plot, f"latency per image at batch {b}, {path_head('eager', out['paths']['eager'])} "
+                                      f"(ms; {out['device']})",
                       f"top-1 on {out['models'][0]['data']} test (%)", "what compression bought")
         out["plot"] = self.plot
 
@@ -232,9 +256,10 @@ def show(out: dict[str, Any]) -> None:
                      f"{r['file_bytes'] / 1024:.0f} KiB"] + ([f"{100 * r['top1']:.2f}%", f"{r['map']:.4f}"]
                                                            if quality else []) for r in rows])
     paths = ["eager"] + ([opt] if opt != "none" else [])
+    sizes = dict.fromkeys((1, b))
     progress.table(f"latency, ms: median (p90) of {out['runs']} runs after {out['warmup']}; {out['device']}, "
-                   f"{out['threads']} threads, load {out['load_average']:.1f}",
-                   ["checkpoint"] + [f"{p} b={n}" for p in paths for n in dict.fromkeys((1, b))],
+                   f"{out['threads']} CPU threads, load {out['load_average']:.1f}",
+                   ["checkpoint"] + [f"{path_head(p, out['paths'][p])} b={n}" for p in paths for n in sizes],
                    [[r["label"]] + [_ms(r["latency"][p], n) for p in paths for n in dict.fromkeys((1, b))]
                     for r in rows])
     rcols = ["checkpoint", "smaller", "fewer params", "fewer MACs", "faster b=1", f"faster b={b}"]

@@ -15,12 +15,14 @@ import torch
 import torch.nn as nn
 
 from indistill_cli import losses, progress
+from indistill_cli.engine import determinism
 from indistill_cli.engine.loop import Engine, FitResult
-from indistill_cli.engine.runtime import broadcast_state, ddp, maybe_compile, sync_batchnorm
+from indistill_cli.engine.runtime import broadcast_state, maybe_compile, sync_batchnorm
 from indistill_cli.engine.schedule import SELECT_KEYS, SELECT_PHRASES, OptimConfig, check_epochs, resolve_select
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import load_checkpoint
 from indistill_cli.io.paths import sibling
+from indistill_cli.losses.base import NON_NEGATIVE
 from indistill_cli.metrics.flow import flow_mse
 from indistill_cli.models import spec_name
 from indistill_cli.pruning.rebuild import model_from_checkpoint
@@ -28,8 +30,8 @@ from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
 from indistill_cli.stages.base import Result, Stage
 from indistill_cli.stages.commands import DistillSettings
 from indistill_cli.stages.ce import val_metrics
-from indistill_cli.stages.distiller import (Distiller, KeepFlow, MethodSpec, feature_shapes, method_pairs,
-                                            parse_methods, save_adapters, vector_flags)
+from indistill_cli.stages.distiller import (Distiller, KeepFlow, MethodSpec, distiller_step, feature_shapes,
+                                            method_pairs, parse_methods, save_adapters, vector_flags)
 from indistill_cli.stages.phases import method_phases, run_phases
 from indistill_cli.stages.resolve import Resolved, frozen, resolve_model
 from indistill_cli.stages.session import Session
@@ -47,17 +49,14 @@ class Distill(Stage):
 
     name = "distill"
     resumable = True
+    compiles = True
     s: DistillSettings
 
     def check(self) -> None:
         if self.s.epochs is not None:
             check_epochs(self.s.epochs)
         self.s.optim.validate()  # a bad option must fail before any loading or output
-        if self.s.ce is not None and not self.s.ce >= 0:
-            raise BadInput(f"--ce must be >= 0, got {self.s.ce}")
-        if not (self.s.keep_flow >= 0 and 0 < self.s.keep_flow_decay <= 1):
-            raise BadInput(f"--keep-flow must be >= 0 and --keep-flow-decay in (0, 1], got {self.s.keep_flow} and "
-                           f"{self.s.keep_flow_decay}")
+        check_weights(self.s.ce, self.s.keep_flow, self.s.keep_flow_decay)
         if self.s.keep_flow and not self.s.flow_teacher:
             raise BadInput("--keep-flow needs --flow-teacher PRUNED (the pruned teacher whose targets the warmup used)")
         if self.s.plan and not self.s.continue_plan:
@@ -159,9 +158,9 @@ class Distill(Stage):
         rt, distiller, student, curves = s.rt, self.distiller, self.student, self.curves
         if self.opts.compile:
             object.__setattr__(distiller, "run_student", maybe_compile(student, True))
-        # student + trainable adapters in DDP under torchrun; the teacher stays outside. The methods' buffers
-        # (CRD's memory banks) are not broadcast every step: they start equal and get every rank's updates.
+        # student + trainable adapters in DDP under torchrun (distiller_step); the teacher stays outside
         broadcast_state(distiller.losses, rt)
+        check_deterministic(distiller, teacher, rt, self.student_r.spec)
         loader = s.train_loader(self.student_r.spec)
         log = self.phase_log
         if self.state is not None:
@@ -169,11 +168,7 @@ class Distill(Stage):
             self.state.register("phases", lambda: log, lambda saved: (log.clear(), log.extend(saved)))
         run_phases(method_phases(distiller), distiller, teacher, loader, rt, self.optim, self.state,
                    self.opts.skip_nonfinite, log)
-        net = ddp(distiller, rt, [f"losses.{n}" for n, _ in distiller.losses.named_buffers()])
-
-        def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
-            return net(batch.x, batch.y, batch.idx, epoch, distiller.teacher_outputs(batch.x, teacher))
-
+        step = distiller_step(distiller, teacher, rt)
         emb_tap = self.student_r.spec["embedding"]["name"] if self.chosen == "map" else None
 
         def validate(epoch: int) -> dict[str, float]:
@@ -240,6 +235,15 @@ class Distill(Stage):
             self.distiller.close()
 
 
+def check_weights(ce: float | None, keep_flow: float, keep_flow_decay: float) -> None:
+    """--ce and --keep-flow are weights (finite, >= 0), --keep-flow-decay a factor in (0, 1]."""
+    if ce is not None and ce not in NON_NEGATIVE:
+        raise BadInput(f"--ce must be {NON_NEGATIVE}, got {ce:g}")
+    if keep_flow not in NON_NEGATIVE or not 0 < keep_flow_decay <= 1:
+        raise BadInput(f"--keep-flow must be {NON_NEGATIVE} and --keep-flow-decay in (0, 1], got {keep_flow:g} and "
+                       f"{keep_flow_decay:g}")
+
+
 def build_methods(specs: list[MethodSpec], teacher_r: Resolved, student_r: Resolved, teacher: nn.Module,
                   student: nn.Module, tap_pairs: list[str], embedding_pair: str | None,
                   s: Session) -> tuple[list[list[tuple[str, str]]], list[nn.Module]]:
@@ -259,6 +263,25 @@ def build_methods(specs: list[MethodSpec], teacher_r: Resolved, student_r: Resol
             raise BadInput(f"--method {m.name}: {e}") from None
         pairs_all.append(pairs)
     return pairs_all, loss_mods
+
+
+def check_deterministic(distiller: Distiller, teacher: nn.Module, rt: Any, spec: dict[str, Any]) -> None:
+    """--deterministic on CUDA: the KD step and each method phase probed (`engine.determinism`) before any of
+    them trains; the methods' extra state (CRD's negatives generator) is left as it was."""
+    if not determinism.needs_check(rt):
+        return
+    x = determinism.blank_batch(spec, rt)
+    y, idx = torch.zeros(x.shape[0], dtype=torch.long, device=rt.device), torch.arange(x.shape[0], device=rt.device)
+    saved = [loss.extra_state_tensors() for loss in distiller.losses]
+    try:
+        for run in [None, *method_phases(distiller)]:
+            phase = None if run is None else (run.index, run.phase)
+            what = f"distill ({'the KD step' if run is None else run.part})"
+            determinism.check_kernels(rt, distiller, lambda p=phase: distiller(x, y, idx, 0, teacher, phase=p)["loss"],
+                                      what)
+    finally:
+        for loss, state in zip(distiller.losses, saved):
+            loss.load_extra_state_tensors(state)
 
 
 def run_distill(settings: DistillSettings) -> dict[str, Any]:

@@ -18,8 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from indistill_cli import losses
+from indistill_cli.engine.runtime import Runtime, ddp
 from indistill_cli.errors import BadInput
-from indistill_cli.losses.base import DistillLoss, Feats, KDBatch, Phase
+from indistill_cli.losses.base import NON_NEGATIVE, DistillLoss, Feats, KDBatch, Phase
 from indistill_cli.metrics.flow import mse
 from indistill_cli.io.atomic import atomic_write
 from indistill_cli.models.taps import PRE, TapSet, as_vector
@@ -48,6 +49,8 @@ def parse_methods(methods: list[str], params: list[str]) -> list[MethodSpec]:
             weight = float(w) if w else float(cls.default_weight)
         except ValueError:
             raise BadInput(f"--method {m}: the weight after ':' must be a number") from None
+        if weight not in NON_NEGATIVE:
+            raise BadInput(f"--method {m}: the weight must be {NON_NEGATIVE}, got {weight:g}")
         if any(o.name == name for o in out):
             raise BadInput(f"--method {name} given twice")
         out.append(MethodSpec(name, weight, {}))
@@ -61,6 +64,11 @@ def parse_methods(methods: list[str], params: list[str]) -> list[MethodSpec]:
             target.hparams[hp] = float(val)
         except ValueError:
             raise BadInput(f"--param {p}: value must be a number") from None
+    for o in out:  # each value in its method's declared range, before any loading (`indistill methods` lists them)
+        try:
+            losses.get(o.name).check_hparams(o.hparams)
+        except ValueError as e:
+            raise BadInput(f"--param {o.name}.{e}") from None
     return out
 
 
@@ -94,8 +102,8 @@ class KeepFlow:
         pairs = self.flow.pairs
         if not self.shared:
             return self.flow.targets(x, len(pairs) - 1)
-        return [taps[p.teacher_tap] if p.keep is None else taps[p.teacher_tap].index_select(1, p.keep.to(x.device))
-                for p in pairs]
+        return [taps[p.teacher_tap] if p.keep is None else taps[p.teacher_tap].index_select(1, p.keep)
+                for p in pairs]  # (the indices are on the device already: see FlowPair)
 
 
 class Distiller(nn.Module):
@@ -166,7 +174,8 @@ class Distiller(nn.Module):
             s_logits, s_out = self.student_outputs(x, net)
         if phase is not None:
             i, ph = phase
-            term = ph.loss(self.batch(i, s_logits, s_out, t, y, idx, epoch))
+            with torch.autocast(x.device.type, enabled=False):  # a phase's loss in fp32, like the KD terms
+                term = ph.loss(self.batch(i, s_logits, s_out, t, y, idx, epoch))
             return {"loss": term, f"{self.methods[i].name}.{ph.name}": term}
         terms: dict[str, torch.Tensor] = {}
         if self.ce:
@@ -211,6 +220,40 @@ class Distiller(nn.Module):
             feats = [self.batch(i, o.logits, {}, o, o.logits.new_zeros(0), None, 0).teacher for o in outs]
             loss.calibrate(Feats(torch.cat([f.logits for f in feats]),
                                  [torch.cat(parts) for parts in zip(*[f.feats for f in feats])]))
+
+
+def distiller_step(distiller: Distiller, teacher: nn.Module, rt: Runtime,
+                   phase: tuple[int, Phase] | None = None) -> Callable[[Any, int], dict[str, torch.Tensor]]:
+    """The engine's step over `distiller`: the KD loss, or with `phase` that method's phase loss alone.
+
+    Under torchrun DDP wraps the distiller at the first batch, told which trainable parameters this loss
+    leaves without gradient (and the methods' buffers, which DDP must not broadcast every step: CRD's banks
+    start equal and get every rank's updates). What a loss leaves out depends on the run: the student's
+    head with --ce 0 and an embedding or tap method (PKT, SP, RKD, CRD, FitNet, AT, ...), the layers
+    past the last tap, a phase's untrained parts. One probing backward on the first batch finds them
+    (`runtime.unreached`), through the plain student (a --compile'd one would compile for the probe's
+    shapes); the methods' extra state (CRD's sampling generator) is restored after it."""
+    nets: list[Any] = []
+
+    def probe_loss(batch: Any, epoch: int) -> Callable[[], torch.Tensor]:
+        def loss() -> torch.Tensor:
+            saved = [m.extra_state_tensors() for m in distiller.losses]
+            x = batch.x[:2]
+            try:
+                return distiller(x, batch.y[:2], batch.idx[:2], epoch, distiller.teacher_outputs(x, teacher),
+                                 net=distiller.student, phase=phase)["loss"]  # not run_student: no --compile
+            finally:
+                for m, st in zip(distiller.losses, saved):
+                    m.load_extra_state_tensors(st)
+        return loss
+
+    def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
+        if not nets:
+            nets.append(ddp(distiller, rt, [f"losses.{n}" for n, _ in distiller.losses.named_buffers()],
+                            probe=probe_loss(batch, epoch)))
+        return nets[0](batch.x, batch.y, batch.idx, epoch, distiller.teacher_outputs(batch.x, teacher), phase=phase)
+
+    return step
 
 
 def _prep(v: torch.Tensor, vector: bool) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 The table is built from the registry (`losses.registry.register`), so it cannot drift from what
 `distill` runs: what each method reads, its default weight and the CE weight that goes with it, its
-hyper-parameters with their defaults (set with `--param METHOD.NAME=VALUE`), its citation and what
-differs from the paper's recipe.
+hyper-parameters with their defaults and the values each may take (`--param METHOD.NAME=VALUE`; a value
+out of its range is refused before any loading), its citation and what differs from the paper's recipe.
 """
 
 from __future__ import annotations
@@ -23,13 +23,21 @@ def reads(cls: type[losses.DistillLoss]) -> str:
     return where + (" + embedding" if cls.with_embedding else "")
 
 
+def hparam_cell(cls: type[losses.DistillLoss]) -> str:
+    """'temperature=4 (>0) warmup=20 (int>=0)': each hyper-parameter's default and the values it may take."""
+    return " ".join(f"{k}={progress.fmt(v)}" + (f" ({cls.ranges[k].brief()})" if k in cls.ranges else "")
+                    for k, v in cls.hparams.items()) or "-"
+
+
 def method_rows() -> list[dict[str, Any]]:
     """One record per registered method, by name."""
     out = []
     for name in losses.names():
         cls = losses.get(name)
         out.append({"name": name, "kind": KINDS[cls.uses], "reads": reads(cls), "default_weight": cls.default_weight,
-                    "ce_weight": cls.ce_weight, "hparams": dict(cls.hparams), "citation": cls.cite, "note": cls.note})
+                    "ce_weight": cls.ce_weight, "hparams": dict(cls.hparams),
+                    "ranges": {k: cls.ranges[k].as_dict() for k in cls.hparams if k in cls.ranges},
+                    "citation": cls.cite, "note": cls.note})
     return out
 
 
@@ -37,10 +45,10 @@ def list_methods() -> list[dict[str, Any]]:
     """The methods on stderr: the recipe table, then each one's citation and what differs from the paper
     (as lines, so the table stays readable in an 80-column terminal); the records (the --json answer)."""
     rows = method_rows()
-    progress.table(f"{len(rows)} KD methods (distill -m NAME[:WEIGHT]; --param NAME.KEY=VALUE)",
-                   ["name", "kind", "reads", "weight", "CE", "hyper-parameters (defaults)"],
-                   [[r["name"], r["kind"], r["reads"], r["default_weight"], r["ce_weight"],
-                     " ".join(f"{k}={progress.fmt(v)}" for k, v in r["hparams"].items()) or "-"] for r in rows])
+    progress.table(f"{len(rows)} KD methods (distill -m NAME[:WEIGHT], a weight >= 0; --param NAME.KEY=VALUE)",
+                   ["name", "kind", "reads", "weight", "CE", "hyper-parameters (defaults) and ranges"],
+                   [[r["name"], r["kind"], r["reads"], r["default_weight"], r["ce_weight"], hparam_cell(losses.get(r["name"]))]
+                    for r in rows])
     for r in rows:
         progress.info(f"{r['name']}: {r['citation']}" + (f". {r['note']}" if r["note"] else ""))
     return rows

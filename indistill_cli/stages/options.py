@@ -28,8 +28,8 @@ class RunOptions:
                                     "see the whole image), the stored size for others; for imagefolder the images' "
                                     "own size when they share one, else 224.")
     cache: str = option("auto", help="Image folders: ram decodes the images once into memory and serves them like "
-                        "the built-in sets; off streams them from disk every epoch; auto: ram when they fit in 2 GiB "
-                        "and half the free memory.")
+                        "the built-in sets (on the training device: a GPU must hold them too); off streams them from "
+                        "disk every epoch; auto: ram when they fit in 2 GiB and half the free memory (host and GPU).")
     batch_size: int = option(128, "--batch-size", "-b", help="Training batch size.")
     eval_batch_size: int = option(256, help="Evaluation batch size.", tunable=True)
     seed: int = option(0, help="Random seed (same seed = bitwise-identical result on CPU).")
@@ -58,7 +58,9 @@ class RunOptions:
     state_dir: str | None = option(None, help="Folder of the resume state (default OUT.resume/ beside the output; "
                                    "needed with -o -). Removed after success.", tunable=True, role="run")
     compile: bool = option(False, "--compile", param="compile_student", help="torch.compile the student's training "
-                           "forward (compiling costs about a minute; pays back on long GPU runs).")
+                           "forward (compiling costs about a minute; pays back on long GPU runs). The backend is "
+                           "$INDISTILL_COMPILE_BACKEND (default inductor; aot_eager needs no compiler); the graphs and "
+                           "graph breaks are reported on stderr and in --json.")
     sync_bn: bool = option(False, "--sync-bn", help="Under torchrun: BatchNorm statistics over all ranks' batches "
                            "(SyncBatchNorm; CUDA only).")
 

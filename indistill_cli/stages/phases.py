@@ -15,21 +15,19 @@ any fit), and runs the later parts from their start.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from indistill_cli.engine.loop import Engine
 from indistill_cli.engine.resume import RunState
-from indistill_cli.engine.runtime import Runtime, ddp
+from indistill_cli.engine.runtime import Runtime
 from indistill_cli.engine.schedule import OptimConfig
 from indistill_cli.losses.base import Phase
-from indistill_cli.pruning.targets import with_orphan_buffers
-from indistill_cli.stages.distiller import Distiller
+from indistill_cli.stages.distiller import Distiller, distiller_step
 
 
 @dataclass
@@ -86,7 +84,7 @@ def run_phases(runs: list[PhaseRun], distiller: Distiller, teacher: nn.Module, l
         if state is not None:
             state.begin_part(run.part)
         with training_only(distiller, run.phase):
-            step = _phase_step(distiller, teacher, run, rt)
+            step = distiller_step(distiller, teacher, rt, (run.index, run.phase))
             engine = Engine(rt, phase_optim(optim), run.phase.epochs, label=f"distill {run.part}",
                             skip_nonfinite=skip_nonfinite, state=state)
             res = engine.fit(distiller, distiller.student, step, loader)
@@ -94,35 +92,3 @@ def run_phases(runs: list[PhaseRun], distiller: Distiller, teacher: nn.Module, l
                     "history": res.history})
     if state is not None and runs:
         state.begin_part("main")
-
-
-def _phase_step(distiller: Distiller, teacher: nn.Module, run: PhaseRun, rt: Runtime) -> Callable[[Any, int], Any]:
-    """The phase's step; under torchrun DDP is built at the first batch, told which of the parameters the
-    phase trains its loss does not reach (AB trains the student, but not its head), so it waits for none."""
-    nets: list[Any] = []
-
-    def step(batch: Any, epoch: int) -> Any:
-        if not nets:
-            ignore = [f"losses.{n}" for n, _ in distiller.losses.named_buffers()]
-            nets.append(ddp(distiller, rt, ignore + (unreached(distiller, run, teacher, batch) if rt.distributed
-                                                     else [])))
-        return nets[0](batch.x, batch.y, batch.idx, epoch, distiller.teacher_outputs(batch.x, teacher),
-                       phase=(run.index, run.phase))
-
-    return step
-
-
-def unreached(distiller: Distiller, run: PhaseRun, teacher: nn.Module, batch: Any) -> list[str]:
-    """State-dict names of the trainable parameters no gradient of the phase's loss reaches, and the buffers
-    of modules owning only such parameters: one probing backward in eval mode on two images (no running
-    statistics change, no .grad written), the same on every rank."""
-    was = distiller.training
-    distiller.eval()
-    named = [(n, p) for n, p in distiller.named_parameters() if p.requires_grad]
-    x = batch.x[:2]
-    with torch.enable_grad():
-        out = distiller(x, batch.y[:2], batch.idx[:2], 0, distiller.teacher_outputs(x, teacher),
-                        phase=(run.index, run.phase))
-        grads = torch.autograd.grad(out["loss"], [p for _, p in named], allow_unused=True)
-    distiller.train(was)
-    return with_orphan_buffers(distiller, {n for (n, _), g in zip(named, grads) if g is None})

@@ -39,6 +39,8 @@ from indistill_cli.stages.commands import (DistillSettings, EvaluateSettings, Pi
                                            RetrieveSettings, TrainSettings, WarmupSettings,
                                            reference_student_optim)
 from indistill_cli.stages.curriculum import epochs_per_tap
+from indistill_cli.stages.distill import check_weights
+from indistill_cli.stages.distiller import parse_methods
 from indistill_cli.stages.options import RunOptions
 from indistill_cli.stages.registry import stage_for
 from indistill_cli.stages.settings import StageSettings
@@ -245,6 +247,8 @@ def _load_manifest(d: Path) -> dict[str, Any]:
 def run_pipeline(cfg: PipelineSettings) -> dict[str, Any]:
     """Run the stages not up to date (all, without --resume), then the final table."""
     cfg.check()
+    check_weights(cfg.ce, cfg.keep_flow, cfg.keep_flow_decay)  # before the teacher trains, not after
+    parse_methods(cfg.method, cfg.param)
     check_available(cfg.log)
     d = _out_dir(cfg)
     stages = plan(cfg)

@@ -50,6 +50,7 @@ class Prune(Stage):
     The dataset is --data when given, otherwise the teacher's own (from its checkpoint)."""
 
     name = "prune"
+    compiles = True
     s: PruneSettings
 
     def check(self) -> None:

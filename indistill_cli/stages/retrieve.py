@@ -29,15 +29,14 @@ from indistill_cli.stages.session import Session
 
 
 @torch.inference_mode()
-def embed(model: nn.Module, tap: str, loader: Any, rt: Any, label: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(embeddings float32 (N, D) on CPU, labels) of every batch, in loader order."""
+def embed(model: nn.Module, tap: str, loader: Any, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings float32 (N, D) on CPU, labels) of every batch, in loader order, computed in fp32."""
     model.eval()
     embs, labels = [], []
     with TapSet(model, [tap], stop_after=tap) as taps, progress.bar() as bars:
         task = bars.add_task(f"embed {label}", total=len(loader), status="")
         for batch in loader:
-            with rt.autocast():
-                taps.forward(batch.x)
+            taps.forward(batch.x)  # fp32 (no autocast), like `classify`: the same mAP on any device
             embs.append(as_vector(taps.out[tap]).float().cpu())
             labels.append(batch.y.cpu())
             bars.advance(task)
@@ -134,8 +133,8 @@ class Retrieve(Stage):
         TapSet(model, [tap]).close()  # validates the tap name with a did-you-mean
         db_loader, db_name = _split_loader(s, self.s.database, m.spec)
         q_loader, q_name = _split_loader(s, self.s.queries, m.spec)
-        db_e, db_y = embed(model, tap, db_loader, s.rt, f"database ({db_name})")
-        q_e, q_y = embed(model, tap, q_loader, s.rt, f"queries ({q_name})")
+        db_e, db_y = embed(model, tap, db_loader, f"database ({db_name})")
+        q_e, q_y = embed(model, tap, q_loader, f"queries ({q_name})")
         result.update({"model": m.name, "tap": tap, "database": db_name, "queries": q_name})
         if self.s.export:
             ck = Checkpoint(role="embeddings", spec=m.spec, state={},

@@ -87,5 +87,5 @@ def open_session(opts: RunOptions, data: bool = True) -> Session:
     rt = resolve_runtime(opts.device, opts.precision, opts.channels_last)
     seed_everything(opts.seed + rt.rank, opts.deterministic)
     ds = load_dataset(opts.data, opts.val_fraction, opts.data_root, opts.image_size, seed=opts.seed, cache=opts.cache,
-                      strict=opts.strict) if data else None
+                      strict=opts.strict, device=rt.device) if data else None
     return Session(rt, ds, opts)  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ def last_path(out: str) -> str | None:
 class Train(Stage):
     name = "train"
     resumable = True
+    compiles = True
     s: TrainSettings
 
     def check(self) -> None:

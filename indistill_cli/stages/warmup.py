@@ -9,7 +9,6 @@ curves of the paper's Figure 2.
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 
 from indistill_cli import progress
 from indistill_cli.data import check_compatible
+from indistill_cli.engine.determinism import blank_batch, check_kernels
 from indistill_cli.engine.loop import Engine
 from indistill_cli.engine.runtime import Runtime, broadcast_state, ddp, maybe_compile, sync_batchnorm
 from indistill_cli.engine.schedule import resolve_select
@@ -51,11 +51,11 @@ class PhaseNets:
 
     def __call__(self, l: int, x: torch.Tensor) -> Any:
         if l not in self.nets:
-            self.nets.clear()
-            gc.collect()  # the previous phase's DDP (its gradient hooks) must be gone before the next one
+            self.nets.clear()  # the previous phase's DDP (its gradient hooks) goes before the next is built
             m = StudentUpTo(self.flow, 0 if self.cumulative else l, l)
-            ignore = m.unused_state(torch.zeros_like(x[:2])) if self.rt.distributed else []
-            self.nets[l] = maybe_compile(ddp(m, self.rt, ignore), self.compile)
+            probe = torch.zeros_like(x[:2])
+            self.nets[l] = maybe_compile(ddp(m, self.rt, probe=lambda: sum(o.float().sum() for o in m(probe))),
+                                         self.compile)
         return self.nets[l]
 
 
@@ -66,6 +66,7 @@ class Warmup(Stage):
 
     name = "warmup"
     resumable = True
+    compiles = True
     s: WarmupSettings
 
     def check(self) -> None:
@@ -132,6 +133,11 @@ class Warmup(Stage):
                 self.curves[n].append(v)
             return {"active_tap": epoch_tap[epoch] + 1, **{f"val_mse_{n}": v for n, v in zip(names, vals)}}
 
+        def probe() -> torch.Tensor:  # every phase's ops: the forward to the last tap, every tap's MSE
+            x, last = blank_batch(self.student.spec, s.rt), len(names) - 1
+            return sum(mse(m, t) for m, t in zip(StudentUpTo(flow, 0, last)(x), flow.targets(x, last)))
+
+        check_kernels(s.rt, model, probe, f"warmup {self.student.name}")
         engine = Engine(s.rt, self.s.optim, len(epoch_tap), label=f"warmup {self.student.name}",
                         skip_nonfinite=self.opts.skip_nonfinite, state=self.state)
         return engine.fit(model, model, step, s.train_loader(self.student.spec), validate, on_epoch=s.on_epoch)
