@@ -52,9 +52,11 @@ class StageSettings:
     force: bool = option(False, help="Overwrite an existing output.", role="run")
     json_out: bool = option(False, "--json", help="Print a JSON summary on stdout.", role="run")
     quiet: bool = option(False, "--quiet", "-q", help="No progress output on stderr.", role="run")
-    log: list[str] = option(dataclasses.MISSING, "--log", help="Log options, per-epoch metrics, final metrics, plots "
-                            "and the output's sha256 to a tracker, repeatable: tensorboard, mlflow, wandb (offline "
-                            "unless WANDB_MODE says otherwise) or csv. Needs pip install 'indistill[log]'.",
+    log: list[str] = option(dataclasses.MISSING, "--log", "--log-to", help="Log options, per-epoch metrics, final "
+                            "metrics, plots and the output's sha256 to a tracker, repeatable: tensorboard, mlflow, "
+                            "wandb (offline unless WANDB_MODE says otherwise) or csv. Needs pip install "
+                            "'indistill[log]'. Under torchrun spell it --log-to (torchrun reads --log as its own, "
+                            "ambiguous, option).",
                             role="run", default_factory=list, cli_type=typing.Optional[list[str]], cli_default=None)
     log_dir: str | None = option(None, help="Folder of the --log trackers' files (default: logs/ beside the output).",
                                  role="run")
