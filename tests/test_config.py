@@ -134,6 +134,25 @@ def test_every_command_takes_a_config_file(tmp_path) -> None:
     assert code == 0 and isinstance(json.loads(out), list), err
 
 
+def test_study_and_import_read_config_files_like_every_command(tmp_path) -> None:
+    """`study` and `import` declare their options as settings too: --print-config reads back through --config,
+    and a design option a file sets beside --preset is refused in one line naming the file and line."""
+    args = ("study", "-t", "t.safetensors", "-s", "cnn3-w0.5", "--methods", "kd,pkt", "--seeds", "3", "--budget",
+            "added", "--train-fraction", "0.5", "--teacher-lr", "0.1", "-o", "st", "--jobs", "2")
+    got = _printed(*args)
+    assert got["methods"] == "kd,pkt" and got["seeds"] == 3 and got["budget"] == "added" and got["jobs"] == 2
+    assert got["train-fraction"] == 0.5 and got["teacher-lr"] == 0.1 and got["lr"] == 0.001  # the student's: Adam
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(yaml.safe_dump(got))
+    assert _printed("study", "--config", cfg) == got
+    imp = _printed("import", "w.pth", "--arch", "tv:resnet18", "--ignore", "fc.*", "-o", "t.safetensors")
+    assert imp["arch"] == "tv:resnet18" and imp["ignore"] == ["fc.*"] and "augment" not in imp
+    cfg.write_text("preset: smoke\nepochs: 3\n")
+    code, _, err = _cli("study", "--config", cfg, "-o", tmp_path / "s")
+    assert_one_line_error(code, err, "--preset smoke fixes the study's design: --epochs", "study.yaml line 2")
+    assert not (tmp_path / "s").exists()
+
+
 def test_the_demo_config_is_the_demo_command_line() -> None:
     """examples/demo.yaml holds what examples/demo.sh's step 4 ran as flags before it read the file."""
     from conftest import ROOT
