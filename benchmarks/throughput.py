@@ -130,8 +130,9 @@ class Ours:
         self.name, self.extra = name, self.VARIANTS[name]
 
     def run(self) -> float:
-        from indistill_cli.stages.distill import run_distill
         from indistill_cli.engine.schedule import OptimConfig
+        from indistill_cli.stages.commands import DistillSettings
+        from indistill_cli.stages.distill import run_distill
         from indistill_cli.stages.options import RunOptions
 
         a = self.args
@@ -142,14 +143,16 @@ class Ours:
                           device=self.device.type, seed=self.round, save_every=0, **self.extra)
         optim = OptimConfig("sgd", LR, MOMENTUM, WD, schedule="none")
         self.round += 1
-        s = run_distill(self.teacher, "resnet20", str(self.work / "student.safetensors"), ["kd"], [], None, [], None,
-                        2, optim, opts, force=True)
+        s = run_distill(DistillSettings(teacher=self.teacher, student="resnet20", method=["kd"], epochs=2,
+                                        output=str(self.work / "student.safetensors"), optim=optim, opts=opts,
+                                        force=True))
         assert s["ce"] == CE_W and s["methods"][0]["weight"] == KD_W, s["methods"]  # the same loss as the others
         return float(s["epochs"][1]["img_per_s"])
 
     def run_ce(self) -> float:
         """`run_train` of cnn3-w0.5 on the CE data, two epochs; the second's img/s."""
         from indistill_cli.engine.schedule import OptimConfig
+        from indistill_cli.stages.commands import TrainSettings
         from indistill_cli.stages.options import RunOptions
         from indistill_cli.stages.train import run_train
 
@@ -157,8 +160,9 @@ class Ours:
         opts = RunOptions(data=a.ce_data, val_fraction=0.0, batch_size=a.batch_size, device=self.device.type,
                           seed=self.round, save_every=0, **self.extra)
         self.round += 1
-        s = run_train(a.ce_model, str(self.work / "ce.safetensors"), 2, OptimConfig("sgd", LR, MOMENTUM, WD,
-                      schedule="none"), opts, force=True, save_last=False)
+        s = run_train(TrainSettings(model=a.ce_model, output=str(self.work / "ce.safetensors"), epochs=2,
+                                    optim=OptimConfig("sgd", LR, MOMENTUM, WD, schedule="none"), opts=opts, force=True,
+                                    last=False))
         return float(s["epochs"][1]["img_per_s"])
 
 

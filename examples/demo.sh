@@ -32,13 +32,14 @@ indistill train "$STUDENT" "${common[@]}" "${student_plan[@]}" --epochs "$S_EPOC
 indistill evaluate "$OUT/student_ce.safetensors" --data "$DATA" --json -q > "$OUT/student_ce.evaluate.json"
 indistill retrieve "$OUT/student_ce.safetensors" --data "$DATA" --json -q > "$OUT/student_ce.retrieve.json"
 
+# steps 3 and 4 run from examples/demo.yaml (the pipeline's options written down); flags given beside it win
+config=(--config "$(dirname "$0")/demo.yaml" -t "$OUT/teacher.safetensors" -s "$STUDENT" "${common[@]}"
+        --epochs "$S_EPOCHS" --epochs-per-tap "$CURRICULUM")
 echo "== 3/5 KD alone: $S_EPOCHS epochs (pipeline --no-warmup)" >&2
-indistill pipeline -t "$OUT/teacher.safetensors" -s "$STUDENT" "${common[@]}" -m kd --epochs "$S_EPOCHS" \
-  --no-warmup -o "$OUT/kd" --json > "$OUT/kd.json"
+indistill pipeline "${config[@]}" --no-warmup -o "$OUT/kd" --json > "$OUT/kd.json"
 
 echo "== 4/5 InDistill + KD: prune, warmup $CURRICULUM ($WARM epochs), then $(( S_EPOCHS - WARM )) epochs of KD, one lr plan" >&2
-indistill pipeline -t "$OUT/teacher.safetensors" -s "$STUDENT" "${common[@]}" -m kd --epochs "$S_EPOCHS" \
-  --budget equal --epochs-per-tap "$CURRICULUM" -o "$OUT/indistill" --json > "$OUT/indistill.json"
+indistill pipeline "${config[@]}" -o "$OUT/indistill" --json > "$OUT/indistill.json"
 
 python "$(dirname "$0")/demo_table.py" "$OUT" "$S_EPOCHS" "$WARM"
 

@@ -68,12 +68,12 @@ def _quiet_call(fn, *a, **kw):
 
 def build_cnn3_teacher(out: str) -> None:
     """cnn3 trained one epoch on fashion-mnist-mini (val 0.05, seed `suite_seed()`): val top-1 ~0.75."""
-    from indistill_cli.engine.schedule import OptimConfig
+    from indistill_cli.stages.commands import TrainSettings
     from indistill_cli.stages.options import RunOptions
     from indistill_cli.stages.train import run_train
 
-    _quiet_call(run_train, "cnn3", out, 1, OptimConfig(), RunOptions(data=DATA, val_fraction=0.05, seed=suite_seed()),
-                save_last=False)
+    _quiet_call(run_train, TrainSettings(model="cnn3", output=out, epochs=1, last=False,
+                                         opts=RunOptions(data=DATA, val_fraction=0.05, seed=suite_seed())))
 
 
 def build_quick_teacher(name: str, steps: int):

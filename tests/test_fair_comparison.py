@@ -99,8 +99,9 @@ def test_every_command_starts_from_the_same_student(teacher, pruned, tmp_path, m
     """train, warmup, distill and pipeline given one seed start from bitwise-equal students (the teacher is
     built before the student in distill, after it in warmup: the order must not matter)."""
     from indistill_cli.engine import loop as engine
+    from indistill_cli.stages.commands import DistillSettings, PipelineSettings, TrainSettings, WarmupSettings
     from indistill_cli.stages.distill import run_distill
-    from indistill_cli.stages.pipeline import PipelineConfig, run_pipeline
+    from indistill_cli.stages.pipeline import run_pipeline
     from indistill_cli.stages.options import RunOptions
     from indistill_cli.stages.train import run_train
     from indistill_cli.stages.warmup import run_warmup
@@ -118,14 +119,16 @@ def test_every_command_starts_from_the_same_student(teacher, pruned, tmp_path, m
     opts = lambda: RunOptions(data=DATA, seed=7)  # noqa: E731
     adam = OptimConfig("adam", 1e-3, weight_decay=0.0, schedule="none")
     calls = [
-        lambda: run_train("cnn3-w0.5", str(tmp_path / "a.safetensors"), 1, OptimConfig(), opts()),
-        lambda: run_warmup(pruned, "cnn3-w0.5", str(tmp_path / "b.safetensors"), adam, opts(), explicit="1,1,1"),
-        lambda: run_distill(teacher, "cnn3-w0.5", str(tmp_path / "c.safetensors"), ["kd"], [], None, [], None, 1,
-                            adam, opts()),
-        lambda: run_pipeline(PipelineConfig(teacher, "cnn3-w0.5", str(tmp_path / "p"), opts(), epochs_per_tap="1,1,1",
-                                            distill_epochs=4, retrieve=False)),
-        lambda: run_pipeline(PipelineConfig(teacher, "cnn3-w0.5", str(tmp_path / "q"), opts(), distill_epochs=4,
-                                            warmup=False, retrieve=False)),
+        lambda: run_train(TrainSettings(model="cnn3-w0.5", output=str(tmp_path / "a.safetensors"), epochs=1,
+                                        opts=opts())),
+        lambda: run_warmup(WarmupSettings(teacher=pruned, student="cnn3-w0.5", output=str(tmp_path / "b.safetensors"),
+                                          optim=adam, opts=opts(), epochs_per_tap="1,1,1")),
+        lambda: run_distill(DistillSettings(teacher=teacher, student="cnn3-w0.5", output=str(tmp_path / "c.safetensors"),
+                                            method=["kd"], epochs=1, optim=adam, opts=opts())),
+        lambda: run_pipeline(PipelineSettings(teacher=teacher, student="cnn3-w0.5", out=str(tmp_path / "p"),
+                                              opts=opts(), epochs_per_tap="1,1,1", epochs=4, retrieve=False)),
+        lambda: run_pipeline(PipelineSettings(teacher=teacher, student="cnn3-w0.5", out=str(tmp_path / "q"),
+                                              opts=opts(), epochs=4, warmup=False, retrieve=False)),
     ]
     for call in calls:
         with pytest.raises(Started):
@@ -136,7 +139,8 @@ def test_every_command_starts_from_the_same_student(teacher, pruned, tmp_path, m
         assert all(torch.equal(starts[0][k], other[k]) for k in starts[0])
     # and the seed matters
     with pytest.raises(Started):
-        run_train("cnn3-w0.5", str(tmp_path / "d.safetensors"), 1, OptimConfig(), RunOptions(data=DATA, seed=8))
+        run_train(TrainSettings(model="cnn3-w0.5", output=str(tmp_path / "d.safetensors"), epochs=1,
+                                opts=RunOptions(data=DATA, seed=8)))
     assert not torch.equal(starts[-1]["block1.0.weight"], starts[0]["block1.0.weight"])
 
 

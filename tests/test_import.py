@@ -120,6 +120,35 @@ def test_hub_id_offline_is_one_line(cli, files):
     assert_one_line_error(code, err, "HF_HUB_OFFLINE")
 
 
+def test_import_records_its_command_and_rerun_repeats_it(cli, files, tmp_path):
+    """`import` is a settings command like the others: its checkpoint records the command (`inspect --command`
+    prints it with the file's sha256), `rerun` gives the same tensors; an import of a hub id, whose weights may
+    change, is refused in one line."""
+    from indistill_cli.io.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+    d, out = files["dir"], tmp_path / "imp.safetensors"
+    code, _, err = cli("import", str(d / "r18.pth"), "--arch", "tv:resnet18", *DATA, "-o", str(out))
+    assert code == 0, err
+    code, stdout, err = cli("inspect", str(out), "--command", "--json")
+    assert code == 0, err
+    shown = json.loads(stdout)
+    assert shown["argv"][:4] == ["indistill", "import", str(d / "r18.pth"), "--arch"]
+    assert "--expect-sha256" in shown["argv"] and shown["config"]["arch"] == "tv:resnet18"
+    code, stdout, err = cli("rerun", str(out), "-o", str(tmp_path / "again.safetensors"), "--json")
+    assert code == 0, err
+    same = json.loads(stdout)
+    assert same["bitwise_equal"] and same["tensors"] == 122 and same["differing"] == 0
+    ck = load_checkpoint(out)  # as if it had come from the hub: no file read
+    rec = ck.history[-1]["command"]
+    rec["config"] = {**rec["config"], "source": "timm:resnet18.a1_in1k", "arch": None}
+    rec["inputs"] = {}
+    hub = tmp_path / "hub.safetensors"
+    save_checkpoint(Checkpoint(ck.role, ck.spec, ck.state, ck.extras, ck.history, ck.info), hub)
+    code, _, err = cli("rerun", str(hub), "-o", str(tmp_path / "h2.safetensors"))
+    assert_one_line_error(code, err, "imported from the hub id timm:resnet18.a1_in1k", "rerun repeats imports of files")
+    assert not (tmp_path / "h2.safetensors").exists()
+
+
 def test_wrong_head_refused_then_new_head_trains(cli, tmp_path):
     """A 7-class head on 10-class data: one line; --new-head gives a fresh head that `train CKPT` fine-tunes
     well above chance (the body's weights are the file's)."""

@@ -206,15 +206,18 @@ def test_every_option_keeps_its_name_default_and_help() -> None:
 
 
 def test_shared_options_are_declared_once_and_listed() -> None:
-    """Every declared run/optimiser option reaches a command through a group of cli/options.py, and the
+    """Every declared run/optimiser option reaches a command through a group of stages/settings.py, and the
     options a resume may change are the ones their declarations mark (the set resume used to hard-code)."""
     from indistill_cli.cli import options
+    from indistill_cli.stages.commands import SETTINGS
     from indistill_cli.stages.options import TUNABLE
 
     grouped = {*options.OPTIM, *options.RUNTIME, *options.SPLIT, *options.RESUMABLE}
     declared = set(options.RUN_PARAMS) | options.OPTIM_PARAMS
     # placed by name in the commands (--train-fraction only in those that train)
-    assert declared - grouped <= {"data", "batch_size", "eval_batch_size", "train_fraction"}
-    assert grouped <= set(options.SHARED)
+    placed = {"data", "batch_size", "eval_batch_size", "plan_epochs", "reset_optimizer_each_epoch", "train_fraction"}
+    assert declared - grouped <= placed
+    offered = {f.name for cls in SETTINGS.values() for f in cls.exposed()}
+    assert grouped | placed <= offered
     assert TUNABLE == {"lr", "precision", "device", "channels_last", "skip_nonfinite", "save_every", "state_dir",
                        "resume", "eval_batch_size", "data_root", "deterministic", "strict"}

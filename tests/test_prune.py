@@ -67,15 +67,15 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cnn3_teacher(work) -> str:
     """A real (1 epoch) cnn3 teacher trained through the library."""
-    from indistill_cli.engine.schedule import OptimConfig
+    from indistill_cli.stages.commands import TrainSettings
     from indistill_cli.stages.options import RunOptions
     from indistill_cli.stages.train import run_train
 
     out = work / "cnn3.safetensors"
     os.environ["INDISTILL_QUIET"] = "1"
     try:
-        run_train("cnn3", str(out), 1, OptimConfig(), RunOptions(data=DATA, val_fraction=0.02, seed=suite_seed()),
-                  save_last=False)
+        run_train(TrainSettings(model="cnn3", output=str(out), epochs=1, last=False,
+                                opts=RunOptions(data=DATA, val_fraction=0.02, seed=suite_seed())))
     finally:
         os.environ.pop("INDISTILL_QUIET", None)
     return str(out)

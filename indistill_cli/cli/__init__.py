@@ -5,7 +5,8 @@ from indistill_cli.cli.app import app
 
 # registered in this order, which `indistill --help` lists
 from indistill_cli.cli import (  # noqa: E402,F401,I001
-    train, importer, prune, evaluate, inspect, warmup, distill, methods, retrieve, pipeline, study, compare, export)
+    train, importer, prune, evaluate, inspect, warmup, distill, methods, retrieve, pipeline, study, compare, export,
+    rerun)
 
 
 def main() -> None:

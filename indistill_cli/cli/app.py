@@ -26,14 +26,33 @@ app = typer.Typer(
 )
 
 
-def run(fn: Callable[[], Any], as_json: bool, quiet: bool = False, output: str | None = None) -> None:
-    """Call a command body; errors become one line + exit code, results JSON on stdout."""
+def fail(message: str, code: int = 2) -> None:
+    """One error line on stderr, then exit with `code`."""
+    from rich.markup import escape
+
+    from indistill_cli import progress
+
+    progress.console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # brackets are text
+    raise typer.Exit(code)
+
+
+def _located(message: str, origins: dict[str, str] | None) -> str:
+    """An error about an option a config file set also says where (key, file and line)."""
+    import re
+
+    named = [f"{flag}: {where}" for flag, where in (origins or {}).items()
+             if re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", message)]
+    return f"{message} (set by {'; '.join(dict.fromkeys(named))})" if named else message
+
+
+def run(fn: Callable[[], Any], as_json: bool, quiet: bool = False, output: str | None = None,
+        origins: dict[str, str] | None = None) -> None:
+    """Call a command body; errors become one line + exit code, results JSON on stdout. `origins`: flag ->
+    where a config file set it, added to an error that names the flag."""
     from indistill_cli import progress
 
     if as_json and output == "-":
-        progress.console.print("[red]error:[/red] --json and -o - both write to stdout; write the checkpoint "
-                               "to a file, or drop --json")
-        raise typer.Exit(2)
+        fail("--json and -o - both write to stdout; write the checkpoint to a file, or drop --json")
     import signal
 
     from indistill_cli.errors import IndistillError, Interrupted
@@ -52,10 +71,7 @@ def run(fn: Callable[[], Any], as_json: bool, quiet: bool = False, output: str |
         progress.console.print(str(e), style="yellow", soft_wrap=True, markup=False)
         raise typer.Exit(e.exit_code) from None
     except IndistillError as e:
-        from rich.markup import escape
-
-        progress.console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)  # brackets are text
-        raise typer.Exit(e.exit_code) from None
+        fail(_located(str(e), origins), e.exit_code)
     except KeyboardInterrupt:
         progress.console.print("[red]interrupted[/red]")
         raise typer.Exit(130) from None

@@ -2,57 +2,62 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from indistill_cli.cli.app import app, run
+from indistill_cli.cli.app import app
 from indistill_cli.cli.options import command
+from indistill_cli.stages.commands import DatasetsSettings, InspectSettings, ListingSettings
 
 
-@command(app, ("checkpoint", "json_out"))
-def inspect(checkpoint: Annotated[str, typer.Argument(help="Checkpoint file, or - for stdin.")], **o: Any) -> None:
-    """Show a checkpoint's model spec, taps, parameters, pruning record and history.
+@command(app, InspectSettings)
+def inspect(s: InspectSettings) -> Any:
+    """Show a checkpoint's model spec, taps, parameters, pruning record and history; with --command, the
+    command line that made it.
 
-    Example:
+    Every checkpoint `train`, `import`, `prune`, `warmup` and `distill` write records the command that made it: its
+    options, the paths and sha256 of the checkpoints it read, the versions and the machine. `--command`
+    prints it as one command line (with --expect-sha256 for each parent, so it refuses to run on changed
+    inputs); `--config-out FILE` writes its options as a config file. `indistill rerun` runs it for you and
+    compares the result.
+
+    Examples:
 
         indistill inspect cnn3.safetensors --json | jq .history
+
+        indistill inspect runs/ind/student.safetensors --command -o again.safetensors
     """
-    def body() -> Any:
-        from indistill_cli.stages.inspect import inspect_checkpoint
+    if s.show_command or s.config_out:
+        from indistill_cli.stages.rerun import show_command
 
-        return inspect_checkpoint(checkpoint)
+        return show_command(s.checkpoint, s.output, s.config_out, s.json_out)
+    from indistill_cli.stages.inspect import inspect_checkpoint
 
-    run(body, o["json_out"], quiet=o["json_out"])
-
-
-def _listing(name: str, doc: str, build: str, *shared: str) -> None:
-    """A read-only listing command: a table on stderr, the rows as JSON with --json; `shared`: the shared
-    options it takes, passed to `build` in that order."""
-    def listing(**o: Any) -> None:
-        def body() -> Any:
-            from indistill_cli.stages import inspect as views
-
-            return getattr(views, build)(*(o[k] for k in shared))
-
-        run(body, o["json_out"], quiet=o["json_out"])
-
-    listing.__name__ = listing.__qualname__ = name
-    listing.__doc__ = doc
-    command(app, (*shared, "json_out"))(listing)
+    return inspect_checkpoint(s.checkpoint)
 
 
-_listing("models", """List the native architectures with parameters, taps and embedding size.
+@command(app, ListingSettings)
+def models(s: ListingSettings) -> Any:
+    """List the native architectures with parameters, taps and embedding size.
 
     Example:
 
         indistill models
-    """, "list_models_table")
-_listing("datasets", """List the built-in datasets and which are available locally (nothing is downloaded).
+    """
+    from indistill_cli.stages.inspect import list_models_table
+
+    return list_models_table()
+
+
+@command(app, DatasetsSettings)
+def datasets(s: DatasetsSettings) -> Any:
+    """List the built-in datasets and which are available locally (nothing is downloaded).
 
     Example:
 
         indistill datasets
 
         indistill datasets --data-root /mnt/datasets
-    """, "list_datasets", "data_root")
+    """
+    from indistill_cli.stages.inspect import list_datasets
+
+    return list_datasets(s.opts.data_root)

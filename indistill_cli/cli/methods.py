@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from indistill_cli.cli.app import app, run
+from indistill_cli.cli.app import app
 from indistill_cli.cli.options import command
+from indistill_cli.stages.commands import MethodsSettings
 
 
-@command(app, ("json_out",))
-def methods(**o: Any) -> None:
+@command(app, MethodsSettings)
+def methods(s: MethodsSettings) -> Any:
     """List the KD methods `distill` takes: what each reads, its default weight and CE weight, its
     hyper-parameters with their defaults, and its citation.
 
@@ -19,9 +20,6 @@ def methods(**o: Any) -> None:
 
         indistill distill -t teacher.safetensors -s cnn3-w0.5 -m ft --param ft.init_epochs=2 -o s.safetensors
     """
-    def body() -> Any:
-        from indistill_cli.stages.methods import list_methods
+    from indistill_cli.stages.methods import list_methods
 
-        return list_methods()
-
-    run(body, o["json_out"], quiet=o["json_out"])
+    return list_methods()

@@ -1,25 +1,16 @@
-"""`indistill train`: parse, then `stages.train`."""
+"""`indistill train`: its options are `stages.commands.TrainSettings`; the work is `stages.train`."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+from indistill_cli.cli.app import app
+from indistill_cli.cli.options import command
+from indistill_cli.stages.commands import TrainSettings
 
-from indistill_cli.cli.app import app, run
-from indistill_cli.cli.options import OPTIM, OUTPUT, RESUMABLE, RUNTIME, SPLIT, command, optim_config, run_options
 
-
-@command(app, ("model", "output", "data", "epochs", "batch_size", *OPTIM, *RUNTIME, *SPLIT, "train_fraction",
-               "eval_batch_size", "pretrained", "last", "select", *RESUMABLE, *OUTPUT))
-def train(
-    model: Annotated[str, typer.Argument(help="Architecture name (resnet56, cnn3-w0.5, timm:resnet18, tv:...) "
-                                              "or a checkpoint to keep training.")],
-    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Training epochs.")] = 30,
-    pretrained: Annotated[bool, typer.Option(help="Start timm/tv models from hub weights (needs network).")] = False,
-    last: Annotated[bool, typer.Option("--last/--no-last", help="Also write OUT.last.safetensors.")] = True,
-    **o: Any,
-) -> None:
+@command(app, TrainSettings)
+def train(s: TrainSettings) -> Any:
     """Train a model with cross-entropy (a teacher, or a baseline student).
 
     Keeps the best epoch on the validation split in OUT and the last epoch in OUT.last.safetensors.
@@ -30,11 +21,6 @@ def train(
 
         indistill train resnet56 --data cifar10 --epochs 240 --lr 0.05 --schedule multistep --milestones 150,180,210 -o resnet56.safetensors
     """
-    def body() -> Any:
-        from indistill_cli.stages.train import run_train
+    from indistill_cli.stages.train import run_train
 
-        opts, optim = run_options(o), optim_config(o)
-        return run_train(model, o["output"], epochs, optim, opts, pretrained=pretrained, force=o["force"],
-                         save_last=last, select=o["select"])
-
-    run(body, o["json_out"], o["quiet"], o["output"])
+    return run_train(s)

@@ -17,6 +17,19 @@ def check_epochs(epochs: int) -> None:
         raise BadInput(f"--epochs must be at least 1, got {epochs}")
 
 
+def parse_milestones(text: str) -> list[int]:
+    """'150,180,210' -> [150, 180, 210]."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BadInput(f"--milestones must be comma-separated epochs, got '{text}'") from None
+
+
+def show_milestones(milestones: list[int]) -> str:
+    """[150, 180, 210] -> '150,180,210' (how the command line spells them)."""
+    return ",".join(str(m) for m in milestones)
+
+
 @dataclass
 class OptimConfig:
     optimizer: str = option("sgd", help="sgd, adam or adamw.")
@@ -27,13 +40,17 @@ class OptimConfig:
     schedule: str = option("cosine", help="none, cosine or multistep.")  # none | cosine | multistep
     # epochs where multistep multiplies lr by gamma
     milestones: list[int] = option(help="multistep epochs, comma separated, e.g. 150,180,210.", default_factory=list,
-                                   cli_type=str, cli_default="")
+                                   cli_type=str, parse=parse_milestones, show=show_milestones)
     gamma: float = option(0.1, help="multistep lr factor.")
     warmup_epochs: int = option(0, help="Linear lr warmup epochs.")
-    reset_each_epoch: bool = False  # the InDistill reference re-creates Adam every epoch
+    reset_each_epoch: bool = option(False, param="reset_optimizer_each_epoch", help="Re-create the optimiser every "
+                                    "epoch (the reference code's habit).")
     # one lr plan across stages (warmup, then KD, as the reference runs its student): the plan spans
     # plan_epochs (0: this run's own epochs) and this run starts plan_offset epochs into it
-    plan_epochs: int = 0
+    plan_epochs: int = option(0, help="Make the warmup the first part of ONE lr plan over this many student epochs "
+                              "(warmup + KD, as the reference runs its student): the lr follows the plan and the "
+                              "optimiser state is written to a sidecar that `distill --continue-plan` takes up. 0: "
+                              "the warmup alone.")
     plan_offset: int = 0
 
     def validate(self) -> None:
@@ -50,14 +67,6 @@ class OptimConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def parse_milestones(text: str) -> list[int]:
-    """'150,180,210' -> [150, 180, 210]."""
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise BadInput(f"--milestones must be comma-separated epochs, got '{text}'") from None
 
 
 def lr_factor(cfg: OptimConfig, t: float, epochs: int) -> float:

@@ -51,4 +51,4 @@ def fit_ce(model: torch.nn.Module, spec: ModelSpec, s: Session, epochs: int, opt
     check_kernels(s.rt, model, probe, label)
     engine = Engine(s.rt, optim, epochs, select=SELECT_KEYS[chosen], label=label,
                     skip_nonfinite=s.opts.skip_nonfinite, state=state)
-    return engine.fit(model, model, step, loader, validate)
+    return engine.fit(model, model, step, loader, validate, on_epoch=s.on_epoch)

@@ -1,15 +1,16 @@
 """The one InDistill chain, teacher -> [auxiliary] -> prune -> warmup -> distill, as links that `pipeline` and
 `study` both run.
 
-A link is one standalone command's function bound to its inputs and output, with the options that identify
-it (pipeline's --resume compares them). `Chain` says where the models come from and how the reference
-models (teacher, auxiliary) are trained; the student's links take their lr plan from `student_plan`, so a
-warmup and the KD that continues it are one plan of one optimiser (the reference) in every caller.
+A link is one standalone command's settings (`stages.commands`) bound to its inputs and output: they are
+what it runs, and what identifies it (pipeline's --resume compares their `key()`). `Chain` says where the
+models come from and how the reference models (teacher, auxiliary) are trained; the student's links take
+their lr plan from `planned`, so a warmup and the KD that continues it are one plan of one optimiser (the
+reference) in every caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,19 +18,14 @@ from typing import Any
 from indistill_cli.engine.schedule import OptimConfig
 from indistill_cli.io.checkpoint import looks_like_checkpoint
 from indistill_cli.metrics.scores import Scores
-from indistill_cli.stages.distill import run_distill
-from indistill_cli.stages.evaluate import run_evaluate
+from indistill_cli.stages.commands import (DistillSettings, EvaluateSettings, PruneSettings, RetrieveSettings,
+                                           TrainSettings, WarmupSettings, reference_student_optim)
 from indistill_cli.stages.options import RunOptions
-from indistill_cli.stages.prune import run_prune
-from indistill_cli.stages.retrieve import run_retrieve
-from indistill_cli.stages.train import run_train
-from indistill_cli.stages.warmup import run_warmup
+from indistill_cli.stages.registry import stage_for
+from indistill_cli.stages.settings import StageSettings
 
-
-def reference_student_optim() -> OptimConfig:
-    """The reference's student schedule: Adam 1e-3 without weight decay, 10x lower for the last seventh
-    (its 70 CIFAR epochs: 60 at 1e-3, 10 at 1e-4); the milestone is placed on the whole plan."""
-    return OptimConfig("adam", 1e-3, weight_decay=0.0, schedule="multistep", milestones=[])
+__all__ = ["KD", "Chain", "Curriculum", "Link", "distill_link", "planned", "reference_links",
+           "reference_student_optim", "score_on_test", "train_link", "warmup_link", "with_milestone"]
 
 
 def with_milestone(optim: OptimConfig, total: int) -> OptimConfig:
@@ -46,14 +42,21 @@ def planned(optim: OptimConfig, total: int) -> OptimConfig:
 
 @dataclass
 class Link:
-    """One step of the chain: a standalone command's function bound to its inputs and output."""
+    """One step of the chain: a standalone command's settings bound to its inputs and output (what it runs,
+    and, by their `key()`, what identifies it for pipeline's --resume)."""
 
     name: str
     output: str  # file name (pipeline: inside its folder)
     epochs: int
-    options: dict[str, Any]  # what identifies the step (pipeline's --resume compares them)
+    settings: StageSettings
     parents: list[str]  # the files it reads
-    run: Callable[[], dict[str, Any]]
+
+    def stage(self, tracker: Any = None) -> Any:
+        """The stage that runs it (`tracker`: a pipeline's child run)."""
+        return stage_for(self.settings, tracker)
+
+    def run(self) -> dict[str, Any]:
+        return self.stage().run()
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,8 @@ class Chain:
 def train_link(name: str, arch: str, dest: str, epochs: int, optim: OptimConfig, opts: RunOptions,
                keep_last: bool = True, select: str = "auto", output: str | None = None) -> Link:
     """CE training of `arch` (a teacher, an auxiliary, a CE-only student)."""
-    return Link(name, output or Path(dest).name, epochs, {"arch": arch, "epochs": epochs, **optim.as_dict()}, [],
-                lambda: run_train(arch, dest, epochs, optim, opts, force=True, save_last=keep_last, select=select))
+    return Link(name, output or Path(dest).name, epochs, TrainSettings(
+        model=arch, output=dest, epochs=epochs, optim=optim, opts=opts, force=True, last=keep_last, select=select), [])
 
 
 def reference_links(c: Chain, opts: RunOptions, prune: bool = True, aux_name: str = "aux-train") -> list[Link]:
@@ -116,16 +119,14 @@ def reference_links(c: Chain, opts: RunOptions, prune: bool = True, aux_name: st
         links.append(train_link(aux_name, c.aux, c.file("aux-ce"), c.aux_epochs, ce_optim, opts, c.keep_last,
                                 c.aux_select))
         teacher, aux_ce, aux, pkt = c.teacher_path, c.file("aux-ce"), c.file("aux"), c.aux_pkt_optim
-        links.append(Link("aux-pkt", Path(aux).name, c.aux_epochs,
-                          {"method": "pkt", "ce": 0.0, "epochs": c.aux_epochs, **pkt.as_dict()}, [teacher, aux_ce],
-                          lambda: run_distill(teacher, aux_ce, aux, ["pkt"], [], 0.0, [], None, c.aux_epochs, pkt,
-                                              opts, force=True, select=c.aux_select)))
+        links.append(Link("aux-pkt", Path(aux).name, c.aux_epochs, DistillSettings(
+            teacher=teacher, student=aux_ce, output=aux, method=["pkt"], ce=0.0, epochs=c.aux_epochs, optim=pkt,
+            opts=opts, force=True, select=c.aux_select), [teacher, aux_ce]))
     if prune:
         source, pruned = c.source, c.file("pruned")
-        links.append(Link("prune", Path(pruned).name, 0,
-                          {"like": c.student, "criterion": c.criterion, "mode": c.prune_mode}, [source],
-                          lambda: run_prune(source, c.student, pruned, opts, c.criterion, c.prune_mode,
-                                            data_given=True, force=True)))
+        links.append(Link("prune", Path(pruned).name, 0, PruneSettings(
+            teacher=source, like=c.student, output=pruned, data=opts.data, criterion=c.criterion, mode=c.prune_mode,
+            opts=opts, force=True), [source]))
     return links
 
 
@@ -139,18 +140,14 @@ class Curriculum:
     explicit: str | None = None
     cumulative: bool = False
 
-    def options(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "epochs_per_tap": self.explicit,
-                **({"cumulative": True} if self.cumulative else {})}
-
 
 def warmup_link(c: Chain, opts: RunOptions, dest: str, optim: OptimConfig, epochs: int, cur: Curriculum,
                 plot: str | None = None) -> Link:
     """The InDistill warmup of a fresh student on the pruned source's targets (`optim`: see `planned`)."""
     pruned = c.file("pruned")
-    return Link("warmup", Path(dest).name, epochs, {"student": c.student, **cur.options(), **optim.as_dict()},
-                [pruned], lambda: run_warmup(pruned, c.student, dest, optim, opts, cur.a, cur.b, cur.explicit,
-                                             cur.cumulative, plot=plot, force=True))
+    return Link("warmup", Path(dest).name, epochs, WarmupSettings(
+        teacher=pruned, student=c.student, output=dest, optim=optim, opts=opts, a=cur.a, b=cur.b,
+        epochs_per_tap=cur.explicit, cumulative=cur.cumulative, plot=plot, force=True), [pruned])
 
 
 @dataclass(frozen=True)
@@ -171,22 +168,19 @@ def distill_link(c: Chain, opts: RunOptions, student_in: str, dest: str, kd: KD,
                  continue_plan: bool) -> Link:
     """KD from the source into `student_in` (a fresh student, or a warmup's output continuing its plan)."""
     source, flow = c.source, c.file("pruned") if kd.flow else None
-    options = {"student": c.student, "methods": list(kd.methods), "params": list(kd.params), "ce": kd.ce,
-               "epochs": epochs, "continue_plan": continue_plan, "select": kd.select, "keep_flow": kd.keep_flow,
-               "keep_flow_decay": kd.keep_flow_decay, **optim.as_dict()}
-    return Link("distill", Path(dest).name, epochs, options, [source, student_in],
-                lambda: run_distill(source, student_in, dest, list(kd.methods), list(kd.params), kd.ce, [], None,
-                                    None if continue_plan else epochs, optim, opts, force=True, flow_teacher=flow,
-                                    select=kd.select, continue_plan=continue_plan, keep_flow=kd.keep_flow,
-                                    keep_flow_decay=kd.keep_flow_decay))
+    return Link("distill", Path(dest).name, epochs, DistillSettings(
+        teacher=source, student=student_in, output=dest, method=list(kd.methods), param=list(kd.params), ce=kd.ce,
+        epochs=None if continue_plan else epochs, optim=optim, opts=opts, force=True, flow_teacher=flow,
+        select=kd.select, continue_plan=continue_plan, keep_flow=kd.keep_flow, keep_flow_decay=kd.keep_flow_decay),
+        [source, student_in])
 
 
 def score_on_test(ckpt: str, opts: RunOptions) -> Scores:
     """The paper's endpoints on the test split: top-1 (evaluate) and retrieval (retrieve; the whole training
     split, with test-time transforms, as the database, whatever `--train-fraction` trained on)."""
-    import dataclasses
-
-    ev = run_evaluate(ckpt, "test", dataclasses.replace(opts, augment=False), per_class=False)
-    rt = run_retrieve(ckpt, dataclasses.replace(opts, val_fraction=0.0, train_fraction=1.0), None, "train", "test",
-                      "both", "exact", [100], None, None, None, 10, None)
+    batch = opts.eval_batch_size
+    ev = stage_for(EvaluateSettings(model=ckpt, split="test", per_class=False, batch_size=batch,
+                                    opts=dataclasses.replace(opts, augment=False))).run()
+    rt = stage_for(RetrieveSettings(model=ckpt, batch_size=batch, opts=dataclasses.replace(
+        opts, val_fraction=0.0, train_fraction=1.0))).run()
     return Scores.from_stages(ev, rt)

@@ -21,10 +21,10 @@ from indistill_cli.metrics import cost
 from indistill_cli.metrics.scores import Scores
 from indistill_cli.models import export as ex
 from indistill_cli.models import ModelSpec, create_model
-from indistill_cli.stages.base import Stage
+from indistill_cli.stages.base import Result, Stage
+from indistill_cli.stages.commands import CompareSettings, EvaluateSettings, RetrieveSettings
 from indistill_cli.stages.evaluate import run_evaluate
 from indistill_cli.stages.export import deployable_checkpoint
-from indistill_cli.stages.options import RunOptions
 from indistill_cli.stages.retrieve import run_retrieve
 from indistill_cli.stages.session import Session, check_batch
 
@@ -98,10 +98,12 @@ class Compare(Stage):
     name = "compare"
     loads_data = False  # quality, with --data, comes from the evaluate and retrieve stages
 
-    def __init__(self, models: list[str], opts: RunOptions, cfg: CompareConfig, quality: bool = False,
-                 plot: str | None = None) -> None:
-        super().__init__(None, opts)
-        self.models, self.cfg, self.quality, self.plot = models, cfg, quality, plot
+    s: CompareSettings
+
+    def __init__(self, s: CompareSettings, tracker: Any = None) -> None:
+        super().__init__(s, tracker)
+        self.models, self.quality, self.plot = s.models, s.data is not None, s.plot
+        self.cfg = CompareConfig(s.batch, s.runs, s.warmup, s.threads, s.optimized)  # `auto` resolved in prepare
 
     def check(self) -> None:
         if not self.models:
@@ -163,12 +165,14 @@ class Compare(Stage):
         """The test `Scores` (percent): top-1/5 (evaluate) and retrieval mAP and P@100 (retrieve: train split as
         database, test as queries)."""
         with progress.silenced():
-            ev = run_evaluate(ck.source, "test", self.opts, per_class=False)
-            rt = run_retrieve(ck.source, dataclasses.replace(self.opts, val_fraction=0.0), None, "train", "test",
-                              "both", "exact", [100], None, None, None, 10, None)
+            batch = self.opts.eval_batch_size
+            ev = run_evaluate(EvaluateSettings(model=ck.source, split="test", per_class=False, batch_size=batch,
+                                               opts=self.opts))
+            rt = run_retrieve(RetrieveSettings(model=ck.source, batch_size=batch,
+                                               opts=dataclasses.replace(self.opts, val_fraction=0.0)))
         row.update({**Scores.from_stages(ev, rt).as_dict(), "data": ev["data"]})
 
-    def execute(self, s: Session) -> dict[str, Any]:
+    def execute(self, s: Session) -> Result:
         cfg = self.cfg
         n_paths = 1 + (cfg.optimized != "none")
         rows = []
@@ -200,7 +204,7 @@ class Compare(Stage):
         show(out)
         if self.plot:
             self.draw(out)
-        return out
+        return Result(out, artifacts=[self.plot] if self.plot else [])
 
     def finish(self) -> None:
         torch.set_num_threads(self.threads_before)  # --threads is this command's, not the process's
@@ -273,7 +277,6 @@ def show(out: dict[str, Any]) -> None:
                       f"and noisy; --threads 1 suffers least")
 
 
-def run_compare(models: list[str], opts: RunOptions, cfg: CompareConfig, quality: bool = False,
-                plot: str | None = None) -> dict[str, Any]:
+def run_compare(settings: CompareSettings) -> dict[str, Any]:
     """Compare checkpoints (see `Compare`)."""
-    return Compare(models, opts, cfg, quality, plot).run()
+    return Compare(settings).run()

@@ -21,18 +21,17 @@ from indistill_cli.engine.runtime import broadcast_state, maybe_compile, sync_ba
 from indistill_cli.engine.schedule import SELECT_KEYS, SELECT_PHRASES, OptimConfig, check_epochs, resolve_select
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import load_checkpoint
-from indistill_cli.io.history import history_entry, write_model
 from indistill_cli.io.paths import sibling
 from indistill_cli.losses.base import NON_NEGATIVE
 from indistill_cli.metrics.flow import flow_mse
 from indistill_cli.models import create_model
 from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
-from indistill_cli.stages.base import Stage
+from indistill_cli.stages.base import Result, Stage
+from indistill_cli.stages.commands import DistillSettings
 from indistill_cli.stages.ce import val_metrics
 from indistill_cli.stages.distiller import (Distiller, KeepFlow, MethodSpec, distiller_step, feature_shapes,
                                             method_pairs, parse_methods, save_adapters, vector_flags)
 from indistill_cli.stages.phases import method_phases, run_phases
-from indistill_cli.stages.options import RunOptions
 from indistill_cli.stages.resolve import Resolved, fed_by, frozen, resolve_model
 from indistill_cli.stages.session import Session
 
@@ -48,89 +47,70 @@ class Distill(Stage):
     `keep_flow` > 0 (ours): keep the warmup's per-tap MSE to `flow_teacher` in the loss, decaying."""
 
     name = "distill"
+    resumable = True
     compiles = True
-
-    def __init__(self, teacher_arg: str, student_arg: str, out: str, methods: list[str], params: list[str],
-                 ce: float | None, tap_pairs: list[str], embedding_pair: str | None, epochs: int | None,
-                 optim: OptimConfig, opts: RunOptions, adapters: str | None = None, force: bool = False,
-                 flow_teacher: str | None = None, flow_images: int = 1000, select: str = "auto",
-                 continue_plan: bool = False, plan: str | None = None, keep_flow: float = 0.0,
-                 keep_flow_decay: float = 1.0) -> None:
-        super().__init__(out, opts, force)
-        self.teacher_arg, self.student_arg, self.methods, self.params = teacher_arg, student_arg, methods, params
-        self.ce, self.tap_pairs, self.embedding_pair, self.epochs = ce, tap_pairs, embedding_pair, epochs
-        self.optim, self.adapters, self.flow_teacher, self.flow_images = optim, adapters, flow_teacher, flow_images
-        self.select, self.continue_plan, self.plan = select, continue_plan, plan
-        self.keep_flow, self.keep_flow_decay = keep_flow, keep_flow_decay
+    s: DistillSettings
 
     def check(self) -> None:
-        if self.epochs is not None:
-            check_epochs(self.epochs)
-        self.optim.validate()  # a bad option must fail before any loading or output
-        check_weights(self.ce, self.keep_flow, self.keep_flow_decay)
-        if self.keep_flow and not self.flow_teacher:
+        if self.s.epochs is not None:
+            check_epochs(self.s.epochs)
+        self.s.optim.validate()  # a bad option must fail before any loading or output
+        check_weights(self.s.ce, self.s.keep_flow, self.s.keep_flow_decay)
+        if self.s.keep_flow and not self.s.flow_teacher:
             raise BadInput("--keep-flow needs --flow-teacher PRUNED (the pruned teacher whose targets the warmup used)")
-        if self.plan and not self.continue_plan:
+        if self.s.plan and not self.s.continue_plan:
             raise BadInput("--plan is the sidecar --continue-plan reads; add --continue-plan")
-        if self.continue_plan and self.student_arg == "-" and not self.plan:
+        if self.s.continue_plan and self.s.student == "-" and not self.s.plan:
             raise BadInput("--continue-plan with --student -: give the warmup's sidecar with --plan PATH")
-        if self.adapters and self.adapters != "-" and Path(self.adapters).exists() and not self.force:
-            raise BadInput(f"--adapters {self.adapters}: exists; pass --force to overwrite it")
-        self.specs = parse_methods(self.methods, self.params)
+        if self.s.adapters and self.s.adapters != "-" and Path(self.s.adapters).exists() and not self.force:
+            raise BadInput(f"--adapters {self.s.adapters}: exists; pass --force to overwrite it")
+        self.specs = parse_methods(self.s.method, self.s.param)
 
-    def key(self) -> dict[str, Any]:
-        return {"stage": "distill", "teacher": self.teacher_arg, "student": self.student_arg,
-                "methods": self.methods, "params": self.params, "ce": self.ce, "taps": self.tap_pairs,
-                "embedding_tap": self.embedding_pair, "epochs": self.epochs, "flow_teacher": self.flow_teacher,
-                "flow_images": self.flow_images, "optim": self.optim.as_dict(), "opts": self.opts.as_dict(),
-                "select": self.select, "continue_plan": self.continue_plan, "keep_flow": self.keep_flow,
-                "keep_flow_decay": self.keep_flow_decay}
-
-    def execute(self, s: Session) -> dict[str, Any]:
+    def execute(self, s: Session) -> Result:
         rt = s.rt
-        t = self.teacher_r = resolve_model(self.teacher_arg, s.ds.info, "teacher", trained=True, role=None)
+        t = self.teacher_r = resolve_model(self.s.teacher, s.ds.info, "teacher", trained=True, role=None)
         if t.ckpt is not None and t.ckpt.role not in ("model", "pruned-teacher"):
             raise BadInput(f"{t.ckpt.source}: a {t.ckpt.role} checkpoint cannot be a teacher")
-        st = self.student_r = resolve_model(self.student_arg, s.ds.info, "student", seed=self.opts.seed)
-        self.opt_state, self.optim, self.epochs = self.plan_for(st)
+        st = self.student_r = resolve_model(self.s.student, s.ds.info, "student", seed=self.opts.seed)
+        self.opt_state, self.optim, self.epochs = self.plan_for(st)  # what this run uses (a warmup's plan's rest)
         self.bind_state(s, parents=[t.parent().get("sha256") or t.name, st.parent().get("sha256") or st.name])
         teacher = fed_by(frozen(t.model, rt.device, rt.channels_last), t.spec, st.spec, s.ds.info)
         student = self.student = sync_batchnorm(st.model.to(rt.device), rt, self.opts.sync_bn)
         if rt.channels_last:
             student = self.student = student.to(memory_format=torch.channels_last)
         specs = self.specs
-        ce = self.ce if self.ce is not None else min(losses.get(m.name).ce_weight for m in specs)
+        ce = self.s.ce if self.s.ce is not None else min(losses.get(m.name).ce_weight for m in specs)
         if ce < 0:
             raise BadInput("--ce must be >= 0")
         self.ce_w = ce
-        self.pairs, loss_mods = build_methods(specs, t, st, teacher, student, self.tap_pairs, self.embedding_pair, s)
+        self.pairs, loss_mods = build_methods(specs, t, st, teacher, student, self.s.tap, self.s.embedding_tap, s)
         val_loader = s.eval_loader("val", st.spec) if s.val_split else None
         trains_head = ce > 0 or any(losses.get(m.name).uses == "logits" for m in specs)
         trains_emb = trains_head or any(losses.get(m.name).uses == "embedding" for m in specs)
-        self.chosen = resolve_select(self.select, trains_head, trains_emb, val_loader is not None, "this distill run")
+        self.chosen = resolve_select(self.s.select, trains_head, trains_emb, val_loader is not None, "this distill run")
         self.curves: dict[str, list[float]] = {}
         self.phase_log: list[dict[str, Any]] = []
         flow, fixed, kf = None, [], None
-        if self.flow_teacher:  # the paper's Figure 4: per-tap MSE to the pruned teacher's targets, every epoch
+        if self.s.flow_teacher:  # the paper's Figure 4: per-tap MSE to the pruned teacher's targets, every epoch
             flow, fixed, shared = self.flow_setup(s, student)
-            if self.keep_flow:
-                kf = KeepFlow(flow, self.keep_flow, self.keep_flow_decay, shared)
+            if self.s.keep_flow:
+                kf = KeepFlow(flow, self.s.keep_flow, self.s.keep_flow_decay, shared)
         self.distiller = Distiller(student, specs, self.pairs, loss_mods, ce, kf).to(rt.device)
         self.distiller.calibrate(lambda: s.first_images("train", st.spec, CALIBRATION_IMAGES), teacher)
         self.announce(s, kf is not None)
         res = self.res = self.fit(s, teacher, val_loader, flow, fixed)
-        return self.summarise(res, kf is not None)
+        return self.summarise(s, res, kf is not None)
 
     def plan_for(self, st: Resolved) -> tuple[dict[str, Any] | None, OptimConfig, int]:
         """(optimiser state, optimiser config, epochs) of this run: its own, or the rest of a warmup's plan."""
-        if not self.continue_plan:
-            return None, self.optim, self.epochs if self.epochs is not None else 30
+        if not self.s.continue_plan:
+            return None, self.s.optim, self.s.epochs if self.s.epochs is not None else 30
         from indistill_cli.io.plan_state import load_plan, plan_path
 
         if st.ckpt is None:
             raise BadInput("--continue-plan needs the warmup's output checkpoint as --student, not an architecture "
                            "name")
-        path = self.plan or plan_path(st.ckpt.source)
+        path = self.s.plan or plan_path(st.ckpt.source)
         opt_state, options, done = load_plan(path, st.ckpt.sha256)
         try:
             planned = OptimConfig(**options)
@@ -140,8 +120,8 @@ class Distill(Stage):
         if left < 1:
             raise BadInput(f"{path}: the plan's {planned.plan_epochs} epochs are all done by the warmup; give "
                            f"warmup --plan-epochs more than its own epochs")
-        if self.epochs is not None and self.epochs != left:
-            raise BadInput(f"--epochs {self.epochs} with --continue-plan: the warmup's plan has {left} epochs left "
+        if self.s.epochs is not None and self.s.epochs != left:
+            raise BadInput(f"--epochs {self.s.epochs} with --continue-plan: the warmup's plan has {left} epochs left "
                            f"({planned.plan_epochs} planned, {done} done); drop --epochs or pass --epochs {left}")
         planned.plan_offset = done
         return opt_state, planned, left
@@ -149,7 +129,7 @@ class Distill(Stage):
     def flow_setup(self, s: Session, student: nn.Module) -> tuple[FlowPair, list[torch.Tensor], bool]:
         """The pruned teacher's flow pair, fixed validation batches, the curves' first point, and whether the
         pruned teacher is a probe-mode pruning of the KD teacher itself (then its targets come for free)."""
-        fck, tck = load_checkpoint(self.flow_teacher), self.teacher_r.ckpt
+        fck, tck = load_checkpoint(self.s.flow_teacher), self.teacher_r.ckpt
         pairs = pairs_from_teacher(fck, self.student_r.spec)
         shared = (tck is not None and fck.info.get("pruning", {}).get("mode") == "probe" and fck.spec == tck.spec
                   and fck.state.keys() == tck.state.keys()
@@ -157,7 +137,7 @@ class Distill(Stage):
         fteacher = fed_by(frozen(create_model(fck).model, s.rt.device, s.rt.channels_last), fck.spec,
                           self.student_r.spec, s.ds.info)
         flow = FlowPair(fteacher, student, pairs)
-        fixed = s.first_images(s.val_split or "test", self.student_r.spec, self.flow_images)
+        fixed = s.first_images(s.val_split or "test", self.student_r.spec, self.s.flow_images)
         self.curves.update({p.student_tap: [v] for p, v in zip(pairs, flow_mse(flow, fixed, s.rt))})
         return flow, fixed, shared
 
@@ -165,10 +145,10 @@ class Distill(Stage):
         t, st, optim, ce = self.teacher_r, self.student_r, self.optim, self.ce_w
         self.from_warmup = any(h.get("stage") == "warmup" for h in st.history)
         desc = " + ".join([f"{ce:g}*ce"] * bool(ce) + [f"{m.weight:g}*{m.name}" for m in self.specs]
-                          + ([f"{self.keep_flow:g}*{self.keep_flow_decay:g}^epoch*keep_flow (ours)"] if kept else []))
+                          + ([f"{self.s.keep_flow:g}*{self.s.keep_flow_decay:g}^epoch*keep_flow (ours)"] if kept else []))
         progress.info(f"distill {t.name} -> {st.name}{' (from InDistill warmup)' if self.from_warmup else ''} on "
                       f"{s.ds.info.name}: loss = {desc}; keeps the {SELECT_PHRASES[self.chosen]} ({s.rt.describe()})")
-        if self.continue_plan:
+        if self.s.continue_plan:
             progress.info(f"continuing the warmup's lr plan: epochs {optim.plan_offset + 1}-"
                           f"{optim.plan_offset + self.epochs} of {optim.plan_epochs} ({optim.optimizer}, lr "
                           f"{optim.lr:g}, {optim.schedule}), optimiser state carried over for "
@@ -203,51 +183,49 @@ class Distill(Stage):
         engine = Engine(rt, self.optim, self.epochs, select=SELECT_KEYS[self.chosen],
                         label=f"distill {self.student_r.name}", skip_nonfinite=self.opts.skip_nonfinite,
                         state=self.state)
-        return engine.fit(distiller, student, step, loader, validate, opt_state=self.opt_state)
+        return engine.fit(distiller, student, step, loader, validate, on_epoch=s.on_epoch, opt_state=self.opt_state)
 
-    def summarise(self, res: FitResult, kept: bool) -> dict[str, Any]:
-        self.wall_s, optim = self.wall(), self.optim
-        self.method_rec = [{"name": m.name, "weight": m.weight, "uses": losses.get(m.name).uses,
-                            "hparams": losses.get(m.name).recorded_hparams(m.hparams),
-                            "pairs": [list(p) for p in pairs]} for m, pairs in zip(self.specs, self.pairs)]
+    def summarise(self, s: Session, res: FitResult, kept: bool) -> Result:
+        optim, t, st = self.optim, self.teacher_r, self.student_r
+        method_rec = [{"name": m.name, "weight": m.weight, "uses": losses.get(m.name).uses,
+                       "hparams": losses.get(m.name).recorded_hparams(m.hparams),
+                       "pairs": [list(p) for p in pairs]} for m, pairs in zip(self.specs, self.pairs)]
         best = res.history[res.best_epoch - 1] if res.history else {}
-        summary = {"stage": "distill", "teacher": self.teacher_r.name, "student": self.student_r.name,
-                   "output": self.out, "methods": self.method_rec, "ce": self.ce_w, "from_warmup": self.from_warmup,
+        summary = {"stage": "distill", "teacher": t.name, "student": st.name,
+                   "output": self.out, "methods": method_rec, "ce": self.ce_w, "from_warmup": self.from_warmup,
                    "select": self.chosen, "best_epoch": res.best_epoch, "val_top1": best.get("val_top1"),
                    "val_map": best.get("val_map"), "epochs_run": self.epochs,
                    "plan": {"epochs": optim.plan_epochs or self.epochs, "offset": optim.plan_offset,
-                            "continued": self.continue_plan},
-                   "keep_flow": {"weight": self.keep_flow, "decay": self.keep_flow_decay,
+                            "continued": self.s.continue_plan},
+                   "keep_flow": {"weight": self.s.keep_flow, "decay": self.s.keep_flow_decay,
                                  "note": "ours, not in the paper"} if kept else None,
                    **res.figures(),
-                   "wall_s": round(self.wall_s, 2), "epochs": res.history}
+                   "wall_s": round(self.wall(), 2), "epochs": res.history}
         if self.curves:
             summary["curves"] = self.curves
         if self.phase_log:
             summary["phases"] = self.phase_log
-        return summary
+        options = {"methods": method_rec, "ce": self.ce_w, "epochs": self.epochs, "select": self.chosen,
+                   **self.optim.as_dict()}
+        metrics = {k: summary[k] for k in SUMMARY_METRICS if summary[k] is not None}
+        entry = self.entry(s, options, [t.parent(), st.parent()], metrics, from_warmup=self.from_warmup,
+                           teacher=t.spec.name, curve=res.history,
+                           **({"curves": self.curves} if self.curves else {}),
+                           **({"phases": self.phase_log} if self.phase_log else {}))
+        return Result(summary, res.best_state, st.spec, st.history, entry, {"dataset": s.ds.info.as_dict()})
 
-    def write(self, s: Session, summary: dict[str, Any]) -> None:
-        t, st, distiller = self.teacher_r, self.student_r, self.distiller
+    def write_more(self, s: Session, r: Result) -> None:
+        distiller = self.distiller
         has_state = any(len(l.state_dict()) or l.extra_state_tensors() for l in distiller.losses)
-        adapters = self.adapters
+        adapters = self.s.adapters
         if adapters is None and has_state and self.out != "-":
             adapters = sibling(self.out, ".adapters.safetensors")
         if adapters and has_state:
             save_adapters(adapters, distiller)
-            summary["adapters"] = adapters
-        options = {"methods": self.method_rec, "ce": self.ce_w, "epochs": self.epochs, "select": self.chosen,
-                   "continue_plan": self.continue_plan, "keep_flow": self.keep_flow,
-                   "keep_flow_decay": self.keep_flow_decay, **self.optim.as_dict(), **self.opts.as_dict()}
-        metrics = {k: summary[k] for k in SUMMARY_METRICS if summary[k] is not None}
-        hist = st.history + [history_entry(
-            "distill", options, [t.parent(), st.parent()], metrics, self.wall_s, s.ds.info.name,
-            from_warmup=self.from_warmup, teacher=t.spec.name, curve=self.res.history, device=s.rt.describe(),
-            **({"curves": summary["curves"]} if summary.get("curves") else {}),
-            **({"phases": self.phase_log} if self.phase_log else {}))]
-        summary["sha256"] = write_model(self.out, self.res.best_state, st.spec, hist, {"dataset": s.ds.info.as_dict()})
+            r.summary["adapters"] = adapters
 
-    def report(self, summary: dict[str, Any]) -> None:
+    def report(self, r: Result) -> None:
+        summary = r.summary
         progress.info(f"wrote {self.out if self.out != '-' else 'stdout'} ({SELECT_PHRASES[self.chosen]}: epoch "
                       f"{self.res.best_epoch}, val top-1 {progress.fmt(summary['val_top1'])}"
                       + (f", val mAP {progress.fmt(summary['val_map'])}" if summary["val_map"] is not None else "")
@@ -307,13 +285,6 @@ def check_deterministic(distiller: Distiller, teacher: nn.Module, rt: Any, spec:
             loss.load_extra_state_tensors(state)
 
 
-def run_distill(teacher_arg: str, student_arg: str, out: str, methods: list[str], params: list[str],
-                ce: float | None, tap_pairs: list[str], embedding_pair: str | None, epochs: int | None,
-                optim: OptimConfig, opts: RunOptions, adapters: str | None = None,
-                force: bool = False, flow_teacher: str | None = None, flow_images: int = 1000,
-                select: str = "auto", continue_plan: bool = False, plan: str | None = None,
-                keep_flow: float = 0.0, keep_flow_decay: float = 1.0) -> dict[str, Any]:
-    """KD from `teacher_arg` into `student_arg` (see `Distill`)."""
-    return Distill(teacher_arg, student_arg, out, methods, params, ce, tap_pairs, embedding_pair, epochs, optim, opts,
-                   adapters, force, flow_teacher, flow_images, select, continue_plan, plan, keep_flow,
-                   keep_flow_decay).run()
+def run_distill(settings: DistillSettings) -> dict[str, Any]:
+    """KD from `settings.teacher` into `settings.student` (see `Distill`)."""
+    return Distill(settings).run()

@@ -14,8 +14,8 @@ from indistill_cli.io.checkpoint import load_checkpoint
 from indistill_cli.metrics import agreement, classify, flow_mse
 from indistill_cli.models import ModelSpec, create_model
 from indistill_cli.pruning.targets import FlowPair, pairs_from_teacher
-from indistill_cli.stages.base import Stage
-from indistill_cli.stages.options import RunOptions
+from indistill_cli.stages.base import Result, Stage
+from indistill_cli.stages.commands import EvaluateSettings
 from indistill_cli.stages.resolve import fed_by, frozen, resolve_model
 from indistill_cli.stages.session import Session
 
@@ -55,33 +55,32 @@ def flow_report(student: torch.nn.Module, student_spec: ModelSpec, teacher_arg: 
 
 class Evaluate(Stage):
     name = "evaluate"
+    s: EvaluateSettings
 
-    def __init__(self, model_arg: str, split: str, opts: RunOptions, per_class: bool = True,
-                 teacher: str | None = None, flow_images: int = 2000, plot: str | None = None) -> None:
-        super().__init__(None, opts)
-        self.model_arg, self.split, self.per_class = model_arg, split, per_class
-        self.teacher, self.flow_images, self.plot = teacher, flow_images, plot
-
-    def execute(self, s: Session) -> dict[str, Any]:
-        m = resolve_model(self.model_arg, s.ds.info, "model", role=None)
+    def execute(self, s: Session) -> Result:
+        c = self.s
+        m = resolve_model(c.model, s.ds.info, "model", role=None)
         model = m.model.to(s.rt.device)
         if s.rt.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        r = classify(model, s.eval_loader(self.split, m.spec), s.rt, s.ds.info.num_classes)  # rank shards, all-reduced
+        r = classify(model, s.eval_loader(c.split, m.spec), s.rt, s.ds.info.num_classes)  # rank shards, all-reduced
         classes = s.ds.info.classes
         out = {"model": m.name, "checkpoint": m.ckpt.source if m.ckpt else None, "data": s.ds.info.name,
-               "split": self.split, "n": r["n"], "top1": r["top1"], "top5": r["top5"], "loss": r["loss"],
-               "per_class": {c: a for c, a in zip(classes, r["per_class"])}, "wall_s": round(self.wall(), 3)}
-        progress.table(f"{m.name} on {s.ds.info.name} / {self.split} ({r['n']} images)", ["metric", "value"],
+               "split": c.split, "n": r["n"], "top1": r["top1"], "top5": r["top5"], "loss": r["loss"],
+               "per_class": {c_: a for c_, a in zip(classes, r["per_class"])}, "wall_s": round(self.wall(), 3)}
+        progress.table(f"{m.name} on {s.ds.info.name} / {c.split} ({r['n']} images)", ["metric", "value"],
                        [["top-1", r["top1"]], ["top-5", r["top5"]], ["loss", r["loss"]]])
-        if self.per_class:
-            progress.table("per-class top-1", ["class", "accuracy"], [[c, a] for c, a in out["per_class"].items()])
-        if self.teacher:
-            out["flow"] = flow_report(model, m.spec, self.teacher, s, self.split, self.flow_images, self.plot)
-        return out
+        if c.per_class:
+            progress.table("per-class top-1", ["class", "accuracy"], [[k, a] for k, a in out["per_class"].items()])
+        if c.teacher:
+            out["flow"] = flow_report(model, m.spec, c.teacher, s, c.split, c.flow_images, c.plot)
+        metrics = {k: out[k] for k in ("top1", "top5", "loss")}
+        if "flow" in out:
+            metrics.update({"agreement": out["flow"]["agreement"], "tap_mse": out["flow"].get("tap_mse", {})})
+        return Result(out, entry={"metrics": metrics}, artifacts=[out["flow"]["plot"]] if out.get("flow", {}).get(
+            "plot") else [])
 
 
-def run_evaluate(model_arg: str, split: str, opts: RunOptions, per_class: bool = True, teacher: str | None = None,
-                 flow_images: int = 2000, plot: str | None = None) -> dict[str, Any]:
-    """Accuracy of `model_arg` on `split` (and the flow view against `teacher`)."""
-    return Evaluate(model_arg, split, opts, per_class, teacher, flow_images, plot).run()
+def run_evaluate(settings: EvaluateSettings) -> dict[str, Any]:
+    """Accuracy of `settings.model` on `settings.split` (and the flow view against `settings.teacher`)."""
+    return Evaluate(settings).run()

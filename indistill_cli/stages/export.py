@@ -23,7 +23,8 @@ from indistill_cli.io.atomic import atomic_write
 from indistill_cli.io.checkpoint import Checkpoint, load_checkpoint
 from indistill_cli.models import create_model
 from indistill_cli.models import export as ex
-from indistill_cli.stages.base import Stage
+from indistill_cli.stages.base import Result, Stage
+from indistill_cli.stages.commands import ExportSettings
 from indistill_cli.stages.options import RunOptions
 from indistill_cli.stages.session import Session, loader_norm
 
@@ -76,12 +77,12 @@ class Export(Stage):
     name = "export"
     loads_data = False  # the parity batch is read from the checkpoint's own dataset (parity_batch)
 
-    def __init__(self, ckpt: str, out: str, opts: RunOptions, fmt: str = "auto", output: str = "logits",
-                 include_normalize: bool = False, check_parity: bool = True, tolerance: float = 1e-4,
-                 parity_images: int = 32, data: str | None = None, force: bool = False) -> None:
-        super().__init__(out, opts, force)
-        self.ckpt, self.fmt, self.output, self.include_normalize = ckpt, fmt, output, include_normalize
-        self.check_parity, self.tolerance, self.parity_images, self.data = check_parity, tolerance, parity_images, data
+    s: ExportSettings
+
+    def __init__(self, s: ExportSettings, tracker: Any = None) -> None:
+        super().__init__(s, tracker)
+        self.ckpt, self.fmt, self.output, self.include_normalize = s.checkpoint, s.fmt, s.output, s.include_normalize
+        self.check_parity, self.tolerance, self.parity_images, self.data = s.check, s.tolerance, s.parity_images, s.data
 
     def check(self) -> None:
         if self.out == "-":
@@ -127,7 +128,7 @@ class Export(Stage):
             "embedding_tap": spec.embedding.name if self.output == "embedding" else "",
         }
 
-    def execute(self, s: Session) -> dict[str, Any]:
+    def execute(self, s: Session) -> Result:
         ck = self.ck
         model = create_model(ck).model.eval()
         if self.fmt == "state-dict":
@@ -150,9 +151,9 @@ class Export(Stage):
             out["parity"] = self.parity(data, eager, x, x_in, source)
         self.data_bytes = data
         out["wall_s"] = round(self.wall(), 3)
-        return out
+        return Result(out)
 
-    def state_dict(self, model: torch.nn.Module) -> dict[str, Any]:
+    def state_dict(self, model: torch.nn.Module) -> Result:
         """The plain state dict, with what a reader needs in its metadata and how to load it."""
         ck = self.ck
         meta = {"model": ck.spec.name, "num_classes": ck.spec.num_classes, "in_channels": ck.spec.in_channels,
@@ -166,7 +167,7 @@ class Export(Stage):
             x, source = parity_batch(ck, self.opts, self.data, self.parity_images)
             out["parity"] = self.parity(data, eager, x, x, source)
         out["wall_s"] = round(self.wall(), 3)
-        return out
+        return Result(out)
 
     def parity(self, data: bytes, eager: ex.Deployable, x: torch.Tensor, x_in: torch.Tensor,
                source: str) -> dict[str, Any]:
@@ -186,13 +187,14 @@ class Export(Stage):
         return {"max_abs_diff": diff, "tolerance": self.tolerance, "images": int(x.shape[0]), "inputs": source,
                 "runtime": where}
 
-    def write(self, s: Session, summary: dict[str, Any]) -> None:
+    def write_more(self, s: Session, r: Result) -> None:
         import hashlib
 
         atomic_write(self.out, self.data_bytes)
-        summary["sha256"] = hashlib.sha256(self.data_bytes).hexdigest()
+        r.summary["sha256"] = hashlib.sha256(self.data_bytes).hexdigest()
 
-    def report(self, summary: dict[str, Any]) -> None:
+    def report(self, r: Result) -> None:
+        summary = r.summary
         if self.fmt == "state-dict":
             progress.info(f"wrote {self.out} (a plain state dict, {summary['bytes'] / 1024:.0f} KiB); load it with: "
                           f"{summary['metadata']['load_with']}")
@@ -201,9 +203,6 @@ class Export(Stage):
                       f"{summary['bytes'] / 1024:.0f} KiB, {summary['outputs']}, dynamic batch)")
 
 
-def run_export(ckpt: str, out: str, opts: RunOptions, fmt: str = "auto", output: str = "logits",
-               include_normalize: bool = False, check_parity: bool = True, tolerance: float = 1e-4,
-               parity_images: int = 32, data: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Export `ckpt` to `out` (see `Export`)."""
-    return Export(ckpt, out, opts, fmt, output, include_normalize, check_parity, tolerance, parity_images, data,
-                  force).run()
+def run_export(settings: ExportSettings) -> dict[str, Any]:
+    """Export `settings.checkpoint` to `settings.out` (see `Export`)."""
+    return Export(settings).run()

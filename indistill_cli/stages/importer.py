@@ -17,14 +17,13 @@ import torch
 
 from indistill_cli import progress
 from indistill_cli.errors import BadInput
-from indistill_cli.io.history import history_entry, write_model
 from indistill_cli.io.spec import ModelSpec
 from indistill_cli.metrics import classify
 from indistill_cli.models import create_model
 from indistill_cli.models.create import source_of
 from indistill_cli.models.imported import SUFFIXES, Fit, file_channels, fit_weights, read_foreign
-from indistill_cli.stages.base import Stage
-from indistill_cli.stages.options import RunOptions
+from indistill_cli.stages.base import Result, Stage
+from indistill_cli.stages.commands import ImportSettings
 from indistill_cli.stages.session import Session
 
 HUB_PREFIXES = ("timm:", "hf-hub:", "tv:")
@@ -51,13 +50,13 @@ def parse_floats(text: str | None, option: str) -> list[float] | None:
 
 class Import(Stage):
     name = "import"
+    s: ImportSettings
 
-    def __init__(self, source: str, arch: str | None, out: str, opts: RunOptions, new_head: bool = False,
-                 mean: str | None = None, std: str | None = None, ema: bool = False,
-                 ignore: list[str] | None = None, force: bool = False) -> None:
-        super().__init__(out, opts, force)
-        self.source, self.arch, self.new_head, self.ema, self.ignore = source, arch, new_head, ema, list(ignore or [])
-        self.mean, self.std = parse_floats(mean, "--mean"), parse_floats(std, "--std")
+    def __init__(self, s: ImportSettings, tracker: Any = None) -> None:
+        super().__init__(s, tracker)
+        self.source, self.arch, self.new_head, self.ema = s.source, s.arch, s.new_head, s.ema
+        self.ignore = list(s.ignore)
+        self.mean, self.std = parse_floats(s.mean, "--mean"), parse_floats(s.std, "--std")
 
     def check(self) -> None:
         hub = hub_arch(self.source)
@@ -78,7 +77,7 @@ class Import(Stage):
         if self.ignore and hub is not None:
             raise BadInput("--ignore applies to files; hub weights are loaded as published")
 
-    def execute(self, s: Session) -> dict[str, Any]:
+    def execute(self, s: Session) -> Result:
         info = s.ds.info
         hub = hub_arch(self.source) is not None
         built = create_model(self.arch, info.shape, self.opts.seed, pretrained=hub)
@@ -98,7 +97,7 @@ class Import(Stage):
         self.spec = spec.replace(norm=self._norm(spec, model))
         self.model, self.fit = model, fit
         self.note_fit(fit, how)
-        return self.evaluate(s)
+        return self.result(s, self.evaluate(s))
 
     def _norm(self, spec: ModelSpec, model: torch.nn.Module) -> dict[str, list[float]]:
         """--mean/--std, else what the architecture's published weights expect, else the data's (said once)."""
@@ -142,24 +141,21 @@ class Import(Stage):
                 "tensors": self.fit.loaded, "norm": self.spec.norm, "input_size": list(self.spec.input_size),
                 "sha256_source": self.foreign.sha256 if self.foreign else None, "wall_s": round(self.wall(), 3)}
 
-    def write(self, s: Session, summary: dict[str, Any]) -> None:
+    def result(self, s: Session, summary: dict[str, Any]) -> Result:
+        """The checkpoint: the weights, the spec with its normalisation, the source (and its sha256) as parent."""
         f = self.foreign
         parent = {"path": self.source, "sha256": f.sha256} if f else {"hub": self.source}
-        options = {"source": self.source, "arch": self.spec.name, "new_head": self.new_head, "ema": self.ema,
-                   "ignore": self.ignore, "norm": self.spec.norm, **self.opts.as_dict()}
+        options = {"arch": self.spec.name, "ignore": self.ignore, "norm": self.spec.norm}
         extra = {"format": f.fmt, "container": f.container, "prefixes": f.stripped} if f else {}
-        hist = [history_entry("import", options, [parent], {f"{summary['split']}_top1": self.top1}, self.wall(),
-                              s.ds.info.name, **extra)]
+        entry = self.entry(s, options, [parent], {f"{summary['split']}_top1": self.top1}, **extra)
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        summary["sha256"] = write_model(self.out, state, self.spec, hist, {"dataset": s.ds.info.as_dict()})
+        return Result(summary, state, self.spec, [], entry, {"dataset": s.ds.info.as_dict()})
 
-    def report(self, summary: dict[str, Any]) -> None:
+    def report(self, r: Result) -> None:
         progress.info(f"wrote {self.out if self.out != '-' else 'stdout'}: use it as --teacher, or `indistill "
                       f"inspect` it")
 
 
-def run_import(source: str, arch: str | None, out: str, opts: RunOptions, new_head: bool = False,
-               mean: str | None = None, std: str | None = None, ema: bool = False, ignore: list[str] | None = None,
-               force: bool = False) -> dict[str, Any]:
-    """Bring `source` (a foreign file or a hub id) in as an indistill checkpoint (see `Import`)."""
-    return Import(source, arch, out, opts, new_head, mean, std, ema, ignore, force).run()
+def run_import(settings: ImportSettings) -> dict[str, Any]:
+    """Bring `settings.source` (a foreign file or a hub id) in as an indistill checkpoint (see `Import`)."""
+    return Import(settings).run()

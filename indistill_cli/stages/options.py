@@ -11,7 +11,7 @@ from typing import Any
 
 from indistill_cli.engine.schedule import OptimConfig
 from indistill_cli.errors import BadInput
-from indistill_cli.optionspec import option, tunable
+from indistill_cli.optionspec import option, shaping, tunable
 
 
 @dataclass
@@ -53,13 +53,13 @@ class RunOptions:
                           "(skipped images are counted on stderr).", tunable=True)
     # continue from the state an interrupted run left (see engine/resume.py)
     resume: bool = option(False, "--resume", help="Continue an interrupted run from its saved state (same command "
-                          "and seed: the same final weights as an uninterrupted run).", tunable=True)
+                          "and seed: the same final weights as an uninterrupted run).", tunable=True, role="run")
     # minutes between resume states (None: the default, 0: off)
     save_every: float | None = option(None, help="Minutes between resumable states, so a hard kill loses at most "
-                                      "that much (default 10; 0 = only on SIGINT/SIGTERM).", tunable=True)
+                                      "that much (default 10; 0 = only on SIGINT/SIGTERM).", tunable=True, role="run")
     # where the resume state lives (default OUT.resume/ beside the output)
     state_dir: str | None = option(None, help="Folder of the resume state (default OUT.resume/ beside the output; "
-                                   "needed with -o -). Removed after success.", tunable=True)
+                                   "needed with -o -). Removed after success.", tunable=True, role="run")
     compile: bool = option(False, "--compile", param="compile_student", help="torch.compile the student's training "
                            "forward (compiling costs about a minute; pays back on long GPU runs). The backend is "
                            "$INDISTILL_COMPILE_BACKEND (default inductor; aot_eager needs no compiler); the graphs and "
@@ -83,7 +83,7 @@ class RunOptions:
 
     def as_dict(self) -> dict[str, Any]:
         """The options that shape results (recorded in history); where state goes and resuming do not."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("resume", "save_every", "state_dir")}
+        return shaping(self)
 
 
 # what a resumed run may change: the options whose declaration says so

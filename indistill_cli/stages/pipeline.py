@@ -1,8 +1,7 @@
 """`indistill pipeline`: the whole InDistill chain as one resumable command.
 
 Stages (the links of `stages.chain`, the chain `study` runs too; each is exactly the standalone command's
-function with the same options, so a pipeline's student equals the one the separate commands give with
-the same seed):
+settings, so a pipeline's student equals the one the separate commands give with the same seed):
   teacher (train, when given a name) -> [auxiliary: train + PKT from the teacher] -> prune -> warmup
   -> distill -> evaluate -> retrieve; the final table holds the test `Scores` (percent).
 Every output lands in one folder with a manifest; `--resume` skips a stage whose output exists and
@@ -21,94 +20,44 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from indistill_cli import progress
 from indistill_cli.data import load_dataset
-from indistill_cli.engine.schedule import OptimConfig
 from indistill_cli.errors import BadInput
 from indistill_cli.io import jsontext
 from indistill_cli.io.atomic import atomic_write
 from indistill_cli.io.checkpoint import load_checkpoint, looks_like_checkpoint
+from indistill_cli.io.trackers import Tracker, check_available, open_trackers
 from indistill_cli.metrics.scores import Scores
 from indistill_cli.models import create_model
 from indistill_cli.stages.chain import (KD, Chain, Curriculum, Link, distill_link, planned, reference_links,
                                         reference_student_optim, warmup_link, with_milestone)
+from indistill_cli.stages.commands import EvaluateSettings, PipelineSettings, RetrieveSettings
 from indistill_cli.stages.curriculum import epochs_per_tap
 from indistill_cli.stages.distill import check_weights
 from indistill_cli.stages.distiller import parse_methods
-from indistill_cli.stages.evaluate import run_evaluate
 from indistill_cli.stages.options import RunOptions
-from indistill_cli.stages.retrieve import run_retrieve
+
+__all__ = ["MANIFEST", "PipelineSettings", "reference_student_optim", "run_pipeline", "with_milestone"]
 
 MANIFEST = "pipeline.json"
 
 
-@dataclass
-class PipelineConfig:
-    teacher: str
-    student: str
-    out_dir: str
-    opts: RunOptions
-    teacher_epochs: int = 30
-    teacher_optim: OptimConfig = field(default_factory=OptimConfig)
-    aux: str | None = None
-    aux_epochs: int = 20
-    aux_optim: OptimConfig = field(default_factory=lambda: OptimConfig("adam", 1e-3, weight_decay=0.0, schedule="none"))
-    criterion: str = "l1"
-    prune_mode: str = "probe"
-    a: float = 2.0
-    b: float = 1.0
-    epochs_per_tap: str | None = None
-    warmup_optim: OptimConfig = field(default_factory=lambda: OptimConfig("adam", 1e-3, weight_decay=0.0, schedule="none"))
-    methods: list[str] = field(default_factory=lambda: ["kd"])
-    params: list[str] = field(default_factory=list)
-    ce: float | None = None
-    distill_epochs: int = 30  # the student's epochs: in all (budget equal) or of KD alone (budget added)
-    distill_optim: OptimConfig = field(default_factory=lambda: reference_student_optim())
-    warmup: bool = True
-    retrieve: bool = True
-    resume: bool = False
-    budget: str = "equal"  # equal: warmup counted inside distill_epochs; added: before an unchanged KD schedule
-    schedule_mode: str = "continuous"  # continuous: warmup + KD one optimiser and lr plan; separate: two
-    select: str = "auto"
-    flow: bool = True  # record the per-tap MSE to the pruned teacher through KD, also without the warmup
-    keep_flow: float = 0.0  # ours, not the paper's: see distill --keep-flow
-    keep_flow_decay: float = 1.0
-
-    @property
-    def prunes(self) -> bool:
-        """The teacher is pruned: the warmup's targets, or the flow view's reference without a warmup."""
-        return self.warmup or self.flow
-
-    def check(self) -> None:
-        if self.budget not in ("equal", "added"):
-            raise BadInput(f"--budget must be equal or added, got '{self.budget}'")
-        if self.schedule_mode not in ("continuous", "separate"):
-            raise BadInput(f"--schedule-mode must be continuous or separate, got '{self.schedule_mode}'")
-        if self.distill_epochs < 1:
-            raise BadInput(f"--epochs must be at least 1, got {self.distill_epochs}")
-        if self.keep_flow and not self.warmup:
-            raise BadInput("--keep-flow keeps the warmup's flow terms: it needs the warmup (drop --no-warmup)")
-        check_weights(self.ce, self.keep_flow, self.keep_flow_decay)  # before the teacher trains, not after
-        parse_methods(self.methods, self.params)
-
-
-def budget_split(cfg: PipelineConfig, warm_epochs: int) -> tuple[int, int]:
+def budget_split(cfg: PipelineSettings, warm_epochs: int) -> tuple[int, int]:
     """(warmup epochs, KD epochs) of the student under the budget view; KD alone without warmup."""
     if not cfg.warmup:
-        return 0, cfg.distill_epochs
+        return 0, cfg.epochs
     if cfg.budget == "added":
-        return warm_epochs, cfg.distill_epochs
-    if cfg.distill_epochs <= warm_epochs:
-        raise BadInput(f"--budget equal: --epochs {cfg.distill_epochs} must exceed the warmup's {warm_epochs} "
+        return warm_epochs, cfg.epochs
+    if cfg.epochs <= warm_epochs:
+        raise BadInput(f"--budget equal: --epochs {cfg.epochs} must exceed the warmup's {warm_epochs} "
                        f"epochs (they count inside it); raise --epochs or use --budget added")
-    return warm_epochs, cfg.distill_epochs - warm_epochs
+    return warm_epochs, cfg.epochs - warm_epochs
 
 
-def budget_line(cfg: PipelineConfig, warm: int, kd: int) -> str:
+def budget_line(cfg: PipelineSettings, warm: int, kd: int) -> str:
     """The one line that says which budget view a run (and its table) uses."""
     if not cfg.warmup:
         return f"budget: {kd} KD epochs, no warmup"
@@ -117,7 +66,7 @@ def budget_line(cfg: PipelineConfig, warm: int, kd: int) -> str:
     return f"budget: {view}: {warm} warmup + {kd} KD = {warm + kd} student epochs, {cfg.schedule_mode} schedule"
 
 
-PlannedStage = Link  # the pipeline's stages are the chain's links
+PlannedStage = Link  # the pipeline's stages are the chain's links (settings: what runs and what --resume compares)
 
 
 def _digest(obj: Any) -> str:
@@ -128,67 +77,60 @@ def _file_sha(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
-def chain_of(cfg: PipelineConfig) -> Chain:
+def chain_of(cfg: PipelineSettings) -> Chain:
     """The chain this pipeline runs: its reference models and their files in the output folder."""
-    return Chain(cfg.teacher, cfg.student, cfg.out_dir, cfg.teacher_epochs, cfg.teacher_optim, aux=cfg.aux,
+    return Chain(cfg.teacher, cfg.student, cfg.out, cfg.teacher_epochs, cfg.teacher_optim, aux=cfg.aux,
                  aux_epochs=cfg.aux_epochs, aux_pkt_optim=cfg.aux_optim, criterion=cfg.criterion,
                  prune_mode=cfg.prune_mode)
 
 
-def plan(cfg: PipelineConfig) -> list[PlannedStage]:
-    """The stages to run, in order, each bound to its standalone function (the chain's links)."""
+def plan(cfg: PipelineSettings) -> list[PlannedStage]:
+    """The stages to run, in order, each the standalone command's settings (the chain's links)."""
     if cfg.teacher == "-":
         raise BadInput("pipeline --teacher cannot be '-': give a checkpoint file or an architecture name")
     c = chain_of(cfg)
     stages = reference_links(c, cfg.opts, prune=cfg.prunes)
     final = _student_stages(cfg, c, stages)
     _report_stages(cfg, final, stages)
-    o = cfg.opts
-    common = {"data": o.data, "seed": o.seed, "val_fraction": o.val_fraction, "batch_size": o.batch_size,
-              "augment": o.augment, "precision": o.precision,
-              **({"train_fraction": o.train_fraction} if o.train_fraction != 1 else {})}
-    for s in stages:
-        s.options = {**s.options, **common}
     return stages
 
 
-def _file(cfg: PipelineConfig, name: str) -> str:
-    return str(Path(cfg.out_dir) / name)
+def _file(cfg: PipelineSettings, name: str) -> str:
+    return str(Path(cfg.out) / name)
 
 
-def _student_stages(cfg: PipelineConfig, c: Chain, stages: list[PlannedStage]) -> str:
+def _student_stages(cfg: PipelineSettings, c: Chain, stages: list[PlannedStage]) -> str:
     """warmup (unless --no-warmup) -> distill, on one lr plan when continuous; returns the student."""
     warm_n, kd_n = budget_split(cfg, warmup_epochs(cfg) if cfg.warmup else 0)
     continuous = cfg.warmup and cfg.schedule_mode == "continuous"
-    student_optim = with_milestone(cfg.distill_optim, warm_n + kd_n if continuous else kd_n)
+    student_optim = with_milestone(cfg.optim, warm_n + kd_n if continuous else kd_n)
     student_in = cfg.student
     if cfg.warmup:
         warm = _file(cfg, "student_warm.safetensors")
-        warm_optim = planned(cfg.distill_optim, warm_n + kd_n) if continuous else cfg.warmup_optim
+        warm_optim = planned(cfg.optim, warm_n + kd_n) if continuous else cfg.warmup_optim
         stages.append(warmup_link(c, cfg.opts, warm, warm_optim, warm_n,
                                   Curriculum(cfg.a, cfg.b, cfg.epochs_per_tap), plot=_file(cfg, "flow.png")))
         student_in = warm
     final = _file(cfg, "student.safetensors")
-    kd = KD(tuple(cfg.methods), tuple(cfg.params), cfg.ce, cfg.select, cfg.prunes, cfg.keep_flow, cfg.keep_flow_decay)
+    kd = KD(tuple(cfg.method), tuple(cfg.param), cfg.ce, cfg.select, cfg.prunes, cfg.keep_flow, cfg.keep_flow_decay)
     stages.append(distill_link(c, cfg.opts, student_in, final, kd, kd_n, student_optim, continuous))
     return final
 
 
-def _report_stages(cfg: PipelineConfig, final: str, stages: list[PlannedStage]) -> None:
+def _report_stages(cfg: PipelineSettings, final: str, stages: list[PlannedStage]) -> None:
     """evaluate (with the flow view when warmed) and retrieve the final student."""
     o = cfg.opts
     eval_opts = RunOptions(**{**o.as_dict(), "augment": False})
     flow = _file(cfg, "teacher_pruned.safetensors") if cfg.prunes else None
-    stages.append(PlannedStage("evaluate", "evaluate.json", 0, {"split": "test"}, [final],
-                               lambda: run_evaluate(final, "test", eval_opts, teacher=flow)))
+    stages.append(PlannedStage("evaluate", "evaluate.json", 0, EvaluateSettings(
+        model=final, split="test", teacher=flow, batch_size=o.eval_batch_size, opts=eval_opts), [final]))
     if cfg.retrieve:
         ret_opts = RunOptions(**{**o.as_dict(), "val_fraction": 0.0, "train_fraction": 1.0})
-        stages.append(PlannedStage("retrieve", "retrieve.json", 0, {"metric": "both", "k": [100]}, [final],
-                                   lambda: run_retrieve(final, ret_opts, None, "train", "test", "both", "exact", [100],
-                                                        None, None, None, 10, None)))
+        stages.append(PlannedStage("retrieve", "retrieve.json", 0, RetrieveSettings(
+            model=final, batch_size=o.eval_batch_size, opts=ret_opts), [final]))
 
 
-def warmup_epochs(cfg: PipelineConfig) -> int:
+def warmup_epochs(cfg: PipelineSettings) -> int:
     """The warmup's epochs for this student (its number of taps on the curriculum)."""
     if looks_like_checkpoint(cfg.student):
         taps = len(load_checkpoint(cfg.student).spec.taps)
@@ -198,7 +140,7 @@ def warmup_epochs(cfg: PipelineConfig) -> int:
     return sum(epochs_per_tap(taps, cfg.a, cfg.b, cfg.epochs_per_tap))
 
 
-def estimate(cfg: PipelineConfig, stages: list[PlannedStage]) -> dict[str, float]:
+def estimate(cfg: PipelineSettings, stages: list[PlannedStage]) -> dict[str, float]:
     """Seconds per training stage from a 3-step timing of each model on this machine (rough, +-50%)."""
     import torch
 
@@ -252,12 +194,15 @@ def _load_manifest(d: Path) -> dict[str, Any]:
         return {"stages": {}}
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+def run_pipeline(cfg: PipelineSettings) -> dict[str, Any]:
     """Run the stages not up to date (all, without --resume), then the final table."""
     cfg.check()
+    check_weights(cfg.ce, cfg.keep_flow, cfg.keep_flow_decay)  # before the teacher trains, not after
+    parse_methods(cfg.method, cfg.param)
+    check_available(cfg.log)
     d = _out_dir(cfg)
     stages = plan(cfg)
-    manifest = _load_manifest(d) if cfg.resume else {"stages": {}}
+    manifest = _load_manifest(d) if cfg.opts.resume else {"stages": {}}
     est = estimate(cfg, stages)
     warm_n = next((s.epochs for s in stages if s.name == "warmup"), 0)
     kd_n = next(s.epochs for s in stages if s.name == "distill")
@@ -270,40 +215,68 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     progress.info(budget)
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
-    for i, s in enumerate(stages):
-        results[s.name] = _run_stage(cfg, d, manifest, s, f"{i + 1}/{len(stages)}")
-    final = _final_table(results, budget)
-    _plot_student_flow(cfg, d, stages)
+    tracker, ok = _open_tracker(cfg, d), False
+    try:
+        for i, s in enumerate(stages):
+            results[s.name] = _run_stage(cfg, d, manifest, s, f"{i + 1}/{len(stages)}", tracker)
+        final = _final_table(results, budget)
+        _plot_student_flow(cfg, d, stages)
+        if tracker is not None:
+            student, flow = d / "student.safetensors", d / "flow.png"
+            tracker.final(final, str(student), _file_sha(student), [str(flow)] if flow.exists() else [])
+        ok = True
+    finally:
+        if tracker is not None:
+            tracker.close(ok)
     return {"out_dir": str(d), "stages": [s.name for s in stages], "estimate_s": est, "results": results, "final": final,
             "budget": {"view": cfg.budget if cfg.warmup else "no-warmup", "warmup_epochs": warm_n, "kd_epochs": kd_n,
                        "schedule": cfg.schedule_mode if cfg.warmup else "single", "line": budget},
             "wall_s": round(time.perf_counter() - t0, 2)}
 
 
-def _out_dir(cfg: PipelineConfig) -> Path:
+def _open_tracker(cfg: PipelineSettings, d: Path) -> Tracker | None:
+    """--log: one run for the pipeline (rank 0 only), its stages its children; named after the folder."""
+    if not cfg.log or not progress.main_process():
+        return None
+    log_dir = cfg.log_dir or str(d / "logs")
+    t = open_trackers(cfg.log, log_dir, d.resolve().name)
+    t.params(cfg.config(), "pipeline")
+    progress.info(f"logging to {', '.join(cfg.log)} in {log_dir}/ (one run per stage under {d.resolve().name})")
+    return t
+
+
+def _out_dir(cfg: PipelineSettings) -> Path:
     """The output folder: new, or an earlier pipeline's with --resume."""
-    d = Path(cfg.out_dir)
+    d = Path(cfg.out)
     if d.exists() and not d.is_dir():
         raise BadInput(f"--out {d}: exists and is not a folder")
-    if d.exists() and any(d.iterdir()) and not cfg.resume and (d / MANIFEST).exists():
+    if d.exists() and any(d.iterdir()) and not cfg.opts.resume and (d / MANIFEST).exists():
         raise BadInput(f"--out {d}: holds an earlier pipeline; pass --resume to continue it or choose another folder")
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
-def _run_stage(cfg: PipelineConfig, d: Path, manifest: dict[str, Any], s: PlannedStage, which: str) -> dict[str, Any]:
-    """One stage, or its recorded summary when --resume finds its output up to date; updates the manifest."""
+def _run_stage(cfg: PipelineSettings, d: Path, manifest: dict[str, Any], s: PlannedStage, which: str,
+               tracker: Tracker | None = None) -> dict[str, Any]:
+    """One stage, or its recorded summary when --resume finds its output up to date (same settings, same
+    parents); updates the manifest. With a tracker, the stage is one child run of the pipeline's."""
     out = d / s.output
     parents = {pp: _file_sha(Path(pp)) for pp in s.parents}
-    key = _digest({"options": s.options, "parents": parents})
+    key = _digest({"options": s.settings.key(), "parents": parents})
     rec = manifest["stages"].get(s.name)
-    if cfg.resume and rec and rec.get("key") == key and out.exists() and rec.get("sha256") == _file_sha(out):
+    if cfg.opts.resume and rec and rec.get("key") == key and out.exists() and rec.get("sha256") == _file_sha(out):
         progress.info(f"[bold]stage {which} {s.name}[/bold]: up to date, skipped")
         return rec.get("summary", {})
     if not progress.quiet():  # --quiet, or a torchrun rank other than 0
         progress.console.rule(f"stage {which}: {s.name}")
     ts = time.perf_counter()
-    summary = s.run()
+    child, ok = (tracker.child(s.name) if tracker is not None else None), False
+    try:
+        summary = s.stage(child).run()
+        ok = True
+    finally:
+        if child is not None:
+            child.close(ok)
     main = progress.main_process()  # under torchrun only rank 0 writes
     if s.output.endswith(".json") and main:
         atomic_write(out, (json.dumps(summary, indent=1, default=str) + "\n").encode())
@@ -315,7 +288,7 @@ def _run_stage(cfg: PipelineConfig, d: Path, manifest: dict[str, Any], s: Planne
     return small
 
 
-def _plot_student_flow(cfg: PipelineConfig, d: Path, stages: list[PlannedStage]) -> None:
+def _plot_student_flow(cfg: PipelineSettings, d: Path, stages: list[PlannedStage]) -> None:
     """flow.png: the student's per-tap MSE to the pruned teacher through warmup and KD (the paper's Figure 4
     for this run; a `--no-warmup` run draws the KD stage alone, for comparison)."""
     student = d / "student.safetensors"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,7 @@ class Session:
     rt: Runtime
     ds: Dataset  # None in a stage that reads no dataset (Stage.loads_data)
     opts: RunOptions
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None  # each epoch's row, to the trackers (--log)
 
     def train_loader(self, spec: ModelSpec) -> Any:
         n = len(self.ds.train)

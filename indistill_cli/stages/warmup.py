@@ -9,6 +9,7 @@ curves of the paper's Figure 2.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,16 +19,15 @@ from indistill_cli.data import check_compatible
 from indistill_cli.engine.determinism import blank_batch, check_kernels
 from indistill_cli.engine.loop import Engine
 from indistill_cli.engine.runtime import Runtime, broadcast_state, ddp, maybe_compile, sync_batchnorm
-from indistill_cli.engine.schedule import OptimConfig, resolve_select
+from indistill_cli.engine.schedule import resolve_select
 from indistill_cli.errors import BadInput
 from indistill_cli.io.checkpoint import load_checkpoint
-from indistill_cli.io.history import history_entry, write_model
 from indistill_cli.metrics.flow import flow_mse, mse
 from indistill_cli.models import create_model
 from indistill_cli.pruning.targets import FlowPair, StudentUpTo, pairs_from_teacher
-from indistill_cli.stages.base import Stage
+from indistill_cli.stages.base import Result, Stage
+from indistill_cli.stages.commands import WarmupSettings
 from indistill_cli.stages.curriculum import epochs_per_tap, phases, tap_of_epoch
-from indistill_cli.stages.options import RunOptions
 from indistill_cli.stages.resolve import fed_by, frozen, resolve_model
 from indistill_cli.stages.session import Session
 
@@ -64,47 +64,36 @@ class Warmup(Stage):
     OUT.plan.safetensors) that `distill --continue-plan` takes up."""
 
     name = "warmup"
+    resumable = True
     compiles = True
-
-    def __init__(self, teacher_arg: str, student_arg: str, out: str, optim: OptimConfig, opts: RunOptions,
-                 a: float = 2.0, b: float = 1.0, explicit: str | None = None, cumulative: bool = False,
-                 plot: str | None = None, flow_images: int = 1000, force: bool = False, select: str = "auto",
-                 plan: str | None = None) -> None:
-        super().__init__(out, opts, force)
-        self.teacher_arg, self.student_arg, self.optim, self.a, self.b = teacher_arg, student_arg, optim, a, b
-        self.explicit, self.cumulative, self.plot, self.flow_images = explicit, cumulative, plot, flow_images
-        self.select, self.plan = select, plan
+    s: WarmupSettings
 
     def check(self) -> None:
-        if self.flow_images < 1:
-            raise BadInput(f"--flow-images must be at least 1, got {self.flow_images}")
-        self.optim.validate()
+        c = self.s
+        if c.flow_images < 1:
+            raise BadInput(f"--flow-images must be at least 1, got {c.flow_images}")
+        c.optim.validate()
         # the warmup trains taps only: no loss reaches the embedding or the head, so only the last epoch is meaningful
-        resolve_select(self.select, False, False, True, "the warmup (tap MSE only)")
-        if self.optim.plan_epochs and self.out == "-" and not self.plan:
+        resolve_select(c.select, False, False, True, "the warmup (tap MSE only)")
+        if c.optim.plan_epochs and self.out == "-" and not c.plan:
             raise BadInput("--plan-epochs with -o -: give the plan sidecar's path with --plan PATH")
-        if self.plan and not self.optim.plan_epochs:
+        if c.plan and not c.optim.plan_epochs:
             raise BadInput("--plan is where --plan-epochs writes the plan sidecar; add --plan-epochs N")
 
-    def key(self) -> dict[str, Any]:
-        return {"stage": "warmup", "teacher": self.teacher_arg, "student": self.student_arg, "a": self.a, "b": self.b,
-                "epochs_per_tap": self.explicit, "cumulative": self.cumulative, "flow_images": self.flow_images,
-                "optim": self.optim.as_dict(), "opts": self.opts.as_dict()}
-
     def prepare(self) -> None:
-        ck = self.teacher_ck = load_checkpoint(self.teacher_arg)
+        ck = self.teacher_ck = load_checkpoint(self.s.teacher)
         if ck.role not in ("pruned-teacher", "model"):
             raise BadInput(f"{ck.source}: is a {ck.role} checkpoint; expected a (pruned) teacher")
 
-    def execute(self, s: Session) -> dict[str, Any]:
-        rt, ck = s.rt, self.teacher_ck
+    def execute(self, s: Session) -> Result:
+        rt, ck, c = s.rt, self.teacher_ck, self.s
         check_compatible(s.ds.info, ck.spec, f"teacher {ck.source}")
-        student = self.student = resolve_model(self.student_arg, s.ds.info, "student", seed=self.opts.seed)
+        student = self.student = resolve_model(c.student, s.ds.info, "student", seed=self.opts.seed)
         self.bind_state(s, parents=[ck.sha256, student.parent().get("sha256") or student.name])
         pairs = pairs_from_teacher(ck, student.spec)
-        sched = self.sched = epochs_per_tap(len(pairs), self.a, self.b, self.explicit)
-        if self.optim.plan_epochs and self.optim.plan_epochs <= sum(sched):
-            raise BadInput(f"--plan-epochs {self.optim.plan_epochs}: the plan must be longer than the warmup's own "
+        sched = self.sched = epochs_per_tap(len(pairs), c.a, c.b, c.epochs_per_tap)
+        if c.optim.plan_epochs and c.optim.plan_epochs <= sum(sched):
+            raise BadInput(f"--plan-epochs {c.optim.plan_epochs}: the plan must be longer than the warmup's own "
                            f"{sum(sched)} epochs (it spans warmup + KD)")
         teacher = fed_by(frozen(create_model(ck).model, rt.device), ck.spec, student.spec, s.ds.info)
         model = sync_batchnorm(student.model.to(rt.device), rt, self.opts.sync_bn)
@@ -112,7 +101,7 @@ class Warmup(Stage):
         if rt.channels_last:
             model, teacher = model.to(memory_format=torch.channels_last), teacher.to(memory_format=torch.channels_last)
         flow = FlowPair(teacher, model, pairs)
-        fixed = s.first_images(s.val_split or "test", student.spec, self.flow_images)
+        fixed = s.first_images(s.val_split or "test", student.spec, c.flow_images)
         flow.announce_spatial(fixed[0])
         progress.info(f"warmup {student.name} from {ck.spec.name} on {s.ds.info.name} ({rt.describe()}): "
                       + ", ".join(f"{p.teacher_tap}->{p.student_tap} {n} ep" for p, n in zip(pairs, sched)))
@@ -121,17 +110,17 @@ class Warmup(Stage):
         # a resumed run continues the curves it had (the first point is the untrained student's)
         if self.state is not None:
             self.state.register("curves", lambda: curves, lambda saved: (curves.clear(), curves.update(saved)))
-        res = self.res = self.fit(s, flow, fixed, model)
-        return self.summarise(res, pairs)
+        res = self.fit(s, flow, fixed, model)
+        return self.summarise(s, res, pairs)
 
     def fit(self, s: Session, flow: FlowPair, fixed: list[torch.Tensor], model: torch.nn.Module) -> Any:
         """The curriculum: epoch e trains tap epoch_tap[e] (and earlier ones with --cumulative) on MSE only."""
-        epoch_tap, names = tap_of_epoch(self.sched), self.names
-        nets = self.nets = PhaseNets(flow, s.rt, self.cumulative, self.opts.compile)
+        epoch_tap, names, cumulative = tap_of_epoch(self.sched), self.names, self.s.cumulative
+        nets = self.nets = PhaseNets(flow, s.rt, cumulative, self.opts.compile)
 
         def step(batch: Any, epoch: int) -> dict[str, torch.Tensor]:
             l = epoch_tap[epoch]
-            first = 0 if self.cumulative else l
+            first = 0 if cumulative else l
             targets = flow.targets(batch.x, l)
             maps = nets(l, batch.x)(batch.x)  # taps first..l
             terms = {f"mse_{names[i]}": mse(maps[i - first], targets[i]) for i in range(first, l + 1)}
@@ -148,60 +137,62 @@ class Warmup(Stage):
             return sum(mse(m, t) for m, t in zip(StudentUpTo(flow, 0, last)(x), flow.targets(x, last)))
 
         check_kernels(s.rt, model, probe, f"warmup {self.student.name}")
-        engine = Engine(s.rt, self.optim, len(epoch_tap), label=f"warmup {self.student.name}",
+        engine = Engine(s.rt, self.s.optim, len(epoch_tap), label=f"warmup {self.student.name}",
                         skip_nonfinite=self.opts.skip_nonfinite, state=self.state)
-        return engine.fit(model, model, step, s.train_loader(self.student.spec), validate)
+        return engine.fit(model, model, step, s.train_loader(self.student.spec), validate, on_epoch=s.on_epoch)
 
-    def summarise(self, res: Any, pairs: list[Any]) -> dict[str, Any]:
-        self.wall_s, ck, sched, curves = self.wall(), self.teacher_ck, self.sched, self.curves
-        self.initial = {n: c[0] for n, c in curves.items()}
-        self.final = {n: c[-1] for n, c in curves.items()}
-        self.warm_info = {"teacher": {"path": ck.source, "sha256": ck.sha256},
-                          "pairs": [{"teacher_tap": p.teacher_tap, "student_tap": p.student_tap, "epochs": n}
-                                    for p, n in zip(pairs, sched)],
-                          "epochs_per_tap": sched, "cumulative": self.cumulative, "initial_mse": self.initial,
-                          "final_mse": self.final, "plan_epochs": self.optim.plan_epochs or sum(sched)}
-        return {"stage": "warmup", "student": self.student.name, "teacher": ck.spec.name, "output": self.out,
-                **self.warm_info, "curves": curves, "epochs": res.history,
-                **res.figures(),
-                "wall_s": round(self.wall_s, 2)}
+    def summarise(self, s: Session, res: Any, pairs: list[Any]) -> Result:
+        ck, sched, curves, student, c = self.teacher_ck, self.sched, self.curves, self.student, self.s
+        initial = {n: v[0] for n, v in curves.items()}
+        final = {n: v[-1] for n, v in curves.items()}
+        warm_info = {"teacher": {"path": ck.source, "sha256": ck.sha256},
+                     "pairs": [{"teacher_tap": p.teacher_tap, "student_tap": p.student_tap, "epochs": n}
+                               for p, n in zip(pairs, sched)],
+                     "epochs_per_tap": sched, "cumulative": c.cumulative, "initial_mse": initial,
+                     "final_mse": final, "plan_epochs": c.optim.plan_epochs or sum(sched)}
+        summary = {"stage": "warmup", "student": student.name, "teacher": ck.spec.name, "output": self.out,
+                   **warm_info, "curves": curves, "epochs": res.history,
+                   **res.figures(),
+                   "wall_s": round(self.wall(), 2)}
+        metrics = {"final_mse": final, "initial_mse": initial, "images_per_sec": summary["images_per_sec"]}
+        entry = self.entry(s, {"epochs_per_tap": sched}, [{"path": ck.source, "sha256": ck.sha256}, student.parent()],
+                           metrics, warmup=warm_info, curves=curves)
+        return WarmupResult(summary, res.best_state, student.spec, student.history, entry,
+                            {"dataset": s.ds.info.as_dict(), "warmup": warm_info},
+                            artifacts=[c.plot] if c.plot else [], optimizer_state=res.optimizer_state)
 
-    def write(self, s: Session, summary: dict[str, Any]) -> None:
-        ck, student, sched = self.teacher_ck, self.student, self.sched
-        if self.plot:
+    def write_more(self, s: Session, r: Result) -> None:
+        assert isinstance(r, WarmupResult)
+        c, sched = self.s, self.sched
+        if c.plot:
             from indistill_cli.io.plots import plot_flow
 
             spans = [(f"{self.names[t]}", lo, hi) for t, lo, hi in phases(sched)]
-            plot_flow(self.curves, self.plot, f"InDistill warmup: {ck.spec.name} -> {student.name}", spans)
-        options = {"a": self.a, "b": self.b, "epochs_per_tap": sched, "cumulative": self.cumulative,
-                   "flow_images": self.flow_images, **self.optim.as_dict(), **self.opts.as_dict()}
-        metrics = {"final_mse": self.final, "initial_mse": self.initial, "images_per_sec": summary["images_per_sec"]}
-        hist = student.history + [history_entry(
-            "warmup", options, [{"path": ck.source, "sha256": ck.sha256}, student.parent()], metrics, self.wall_s,
-            s.ds.info.name, warmup=self.warm_info, curves=self.curves, device=s.rt.describe())]
-        summary["sha256"] = write_model(self.out, self.res.best_state, student.spec, hist,
-                                        {"dataset": s.ds.info.as_dict(), "warmup": self.warm_info})
-        if self.optim.plan_epochs:
+            plot_flow(self.curves, c.plot, f"InDistill warmup: {self.teacher_ck.spec.name} -> "
+                                           f"{self.student.name}", spans)
+        if c.optim.plan_epochs:
             from indistill_cli.io.plan_state import plan_path, save_plan
 
-            summary["plan"] = self.plan or plan_path(self.out)
-            save_plan(summary["plan"], self.res.optimizer_state, self.optim.as_dict(), sum(sched), summary["sha256"])
-            progress.info(f"wrote the lr plan ({sum(sched)} of {self.optim.plan_epochs} epochs done) and optimiser "
-                          f"state to {summary['plan']}: continue with `distill --continue-plan`")
+            r.summary["plan"] = c.plan or plan_path(self.out)
+            save_plan(r.summary["plan"], r.optimizer_state, c.optim.as_dict(), sum(sched), r.summary["sha256"])
+            progress.info(f"wrote the lr plan ({sum(sched)} of {c.optim.plan_epochs} epochs done) and optimiser "
+                          f"state to {r.summary['plan']}: continue with `distill --continue-plan`")
 
-    def report(self, summary: dict[str, Any]) -> None:
+    def report(self, r: Result) -> None:
+        initial, final = r.summary["initial_mse"], r.summary["final_mse"]
         progress.table("information flow (validation MSE per tap)", ["tap", "before", "after", "epochs"],
-                       [[n, self.initial[n], self.final[n], k] for n, k in zip(self.names, self.sched)])
+                       [[n, initial[n], final[n], k] for n, k in zip(self.names, self.sched)])
 
     def finish(self) -> None:
         if hasattr(self, "nets"):
             self.nets.nets.clear()
 
 
-def run_warmup(teacher_arg: str, student_arg: str, out: str, optim: OptimConfig, opts: RunOptions,
-               a: float = 2.0, b: float = 1.0, explicit: str | None = None, cumulative: bool = False,
-               plot: str | None = None, flow_images: int = 1000, force: bool = False, select: str = "auto",
-               plan: str | None = None) -> dict[str, Any]:
-    """The InDistill warmup of `student_arg` on the targets of the pruned teacher `teacher_arg`."""
-    return Warmup(teacher_arg, student_arg, out, optim, opts, a, b, explicit, cumulative, plot, flow_images, force,
-                  select, plan).run()
+@dataclass
+class WarmupResult(Result):
+    optimizer_state: dict[str, Any] = field(default_factory=dict)  # for the plan sidecar (--plan-epochs)
+
+
+def run_warmup(settings: WarmupSettings) -> dict[str, Any]:
+    """The InDistill warmup of `settings.student` on the targets of the pruned teacher `settings.teacher`."""
+    return Warmup(settings).run()
