@@ -229,7 +229,7 @@ LATE_CASES = {
                                    "epochs"),
     "unknown-arch-train": (["train", "resnet21"], "unknown architecture 'resnet21' (did you mean 'resnet20'?)"),
     "unknown-arch-student": (["distill", "-t", "{teacher}", "-s", "cnn4-w0.5", "-m", "kd"],
-                             "unknown architecture 'cnn4-w0.5' (did you mean 'cnn3'?)"),
+                             "unknown architecture 'cnn4' (did you mean 'cnn3'?)"),
 }
 
 

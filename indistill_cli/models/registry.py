@@ -53,9 +53,8 @@ class NativeSource(Source):
     prefix = ""
 
     def check(self, arch: str, width: float, args: dict[str, Any] | None) -> None:
-        if arch not in REGISTRY:  # named as the user wrote it, width suffix included
-            given = arch if width == 1 else f"{arch}-w{width:g}"
-            raise BadInput(f"unknown architecture '{given}'{did_you_mean(arch, REGISTRY)}; `indistill models` lists "
+        if arch not in REGISTRY:
+            raise BadInput(f"unknown architecture '{arch}'{did_you_mean(arch, REGISTRY)}; `indistill models` lists "
                            f"them, or use timm:NAME / tv:NAME")
         if not 0 < width <= 16:
             raise BadInput(f"model '{arch}-w{width:g}': width multiplier must be in (0, 16]")
