@@ -92,6 +92,27 @@ def test_timm_safetensors_round_trip_through_state_dict_export(cli, files):
         assert torch.equal(m(x), want)
 
 
+def test_compiled_weights_and_their_ema_from_one_training_checkpoint(cli, tmp_path):
+    """A timm-style training checkpoint: the live weights saved from a torch.compile'd model (`_orig_mod.`)
+    under 'model', the EMA weights from a DDP one (`module.`) under 'model_ema'. Plain import takes the live
+    weights, `--ema` the EMA ones, each giving exactly its own model's logits."""
+    from indistill_cli.models import DataShape, create_model
+
+    shape = DataShape(1, 10, (32, 32))
+    _, live = create_model("cnn3-w0.5", shape, seed=0)
+    _, ema = create_model("cnn3-w0.5", shape, seed=1)
+    torch.save({"epoch": 9, "model": {"_orig_mod." + k: v for k, v in live.state_dict().items()},
+                "model_ema": {"module." + k: v for k, v in ema.state_dict().items()}}, tmp_path / "ckpt.pth")
+    x = torch.randn(3, 1, 32, 32)
+    for flag, want in (((), live), (("--ema",), ema)):
+        out = tmp_path / f"in{len(flag)}.safetensors"
+        code, _, err = cli("import", str(tmp_path / "ckpt.pth"), "--arch", "cnn3-w0.5", *DATA, *flag, "-o", str(out))
+        assert code == 0, err
+        assert ("'_orig_mod.'" if not flag else "'module.'") in err
+        with torch.no_grad():
+            assert torch.equal(_imported_logits(out, x), want.eval()(x))
+
+
 def test_pickled_whole_model_refused_in_one_line(cli, files):
     d = files["dir"]
     code, _, err = cli("import", str(d / "whole.pth"), "--arch", "tv:resnet18", *DATA, "-o", str(d / "w.safetensors"))
