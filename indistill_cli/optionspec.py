@@ -78,7 +78,8 @@ def _optional(t: Any) -> Any:
     return t
 
 
-def _default(f: dataclasses.Field) -> Any:
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default (its factory called), or MISSING: what the CLI shows and a config may omit."""
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
@@ -154,7 +155,7 @@ def flats(cls: type) -> tuple[Flat, ...]:
     for f in dataclasses.fields(cls):
         if KEY in f.metadata:
             m = f.metadata[KEY]
-            own.append(Flat(m["param"] or f.name, (f.name,), f, hints[f.name], _default(f), m["help"], m["flags"]))
+            own.append(Flat(m["param"] or f.name, (f.name,), f, hints[f.name], field_default(f), m["help"], m["flags"]))
         elif GROUP in f.metadata:
             groups.append(f)
     taken = {fl.name for fl in own}

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from indistill_cli.errors import BadInput, did_you_mean
-from indistill_cli.optionspec import GROUP, Flat, flats, get, groups_of, option, role_of, shaping
+from indistill_cli.optionspec import GROUP, Flat, field_default, flats, get, groups_of, option, role_of, shaping
 
 # the option groups several commands list, in the order --help shows them (parameter names)
 OPTIM = ("optimizer", "lr", "momentum", "weight_decay", "nesterov", "schedule", "milestones", "gamma", "warmup_epochs")
@@ -143,7 +143,7 @@ class StageSettings:
                     if path not in shown and role_of(g) != "run" and v != getattr(base, g.name):
                         out[".".join(path)] = v
             elif (f.name,) not in shown and role_of(f) != "run":
-                default = defaults.get((f.name,), _field_default(f))
+                default = defaults.get((f.name,), field_default(f))
                 if getattr(self, f.name) != default:
                     out[f.name] = getattr(self, f.name)
         return out
@@ -250,14 +250,6 @@ def _norm(key: str) -> str:
 
 def _strip_section(key: str, section: str) -> str:
     return key[len(section) + 1:] if key.startswith(f"{section}-") else key
-
-
-def _field_default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return dataclasses.MISSING
 
 
 def _kind(t: Any) -> tuple[Any, bool]:
