@@ -9,6 +9,18 @@ import torch
 from indistill_cli.errors import BadInput
 
 
+def per_class_share(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Sorted indices of round(n_c * fraction) items of each class c (at least one): the first of one fixed
+    per-class order drawn from `seed`, so a smaller fraction's share lies inside a larger one's."""
+    g = torch.Generator().manual_seed(seed)
+    take = []
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        take.append(idx[: max(1, int(round(len(idx) * fraction)))])
+    return torch.sort(torch.cat(take)).values
+
+
 def carve_val(train: Any, fraction: float) -> tuple[Any, Any | None]:
     """(train without val, val): a fixed share per class (data seed 0), so every run selects on the same
     images. `train` is any split with `labels`, `len` and `subset(idx, name)` (tensor or folder)."""
@@ -16,13 +28,7 @@ def carve_val(train: Any, fraction: float) -> tuple[Any, Any | None]:
         return train, None
     if fraction >= 1:
         raise BadInput("--val-fraction must be in [0, 1)")
-    g = torch.Generator().manual_seed(0)
-    val_idx = []
-    for c in torch.unique(train.labels):
-        idx = torch.nonzero(train.labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        val_idx.append(idx[: max(1, int(round(len(idx) * fraction)))])
-    val = torch.sort(torch.cat(val_idx)).values
+    val = per_class_share(train.labels, fraction, seed=0)
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[val] = False
     return train.subset(torch.nonzero(keep).flatten(), "train"), train.subset(val, "val")
@@ -37,10 +43,4 @@ def keep_fraction(train: Any, fraction: float) -> Any:
         raise BadInput(f"--train-fraction must be in (0, 1], got {fraction}")
     if fraction == 1:
         return train
-    g = torch.Generator().manual_seed(1)
-    keep = []
-    for c in torch.unique(train.labels):
-        idx = torch.nonzero(train.labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        keep.append(idx[: max(1, int(round(len(idx) * fraction)))])
-    return train.subset(torch.sort(torch.cat(keep)).values, "train")
+    return train.subset(per_class_share(train.labels, fraction, seed=1), "train")
